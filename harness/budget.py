@@ -1,0 +1,77 @@
+"""Budget stage: the stop rule every method obeys, and what the run spent.
+
+Steps are enforced by the Trainer's own ``max_steps``; training tokens and
+wall seconds by :class:`BudgetCallback`, which also keeps the tally of what
+was actually spent (steps, samples, non-padding tokens, seconds) for the
+run record. The learning curve is collected here too, from the Trainer's logs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+# When only tokens or seconds bound a run, the Trainer still needs a step
+# count; this one is never reached, and the schedule is constant (see run.py).
+UNBOUNDED_STEPS = 10**9
+
+
+def trainer_max_steps(budget: DictConfig) -> int:
+    return int(budget.max_steps) if budget.get("max_steps") else UNBOUNDED_STEPS
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss: the run is failed, not reported."""
+
+
+class BudgetCallback(TrainerCallback):
+    """Stops training on the token or time budget and records what was spent."""
+
+    def __init__(self, budget: DictConfig, batch_size: int):
+        self.max_train_tokens = budget.get("max_train_tokens")
+        self.max_time_s = budget.get("max_time_s")
+        self.batch_size = batch_size
+        self.stop_reason = "max_steps"
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0  # periodic evaluation inside train(): not charged to the budget
+        self.learning_curve: list[dict[str, Any]] = []
+        self._start = 0.0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        elapsed = time.perf_counter() - self._start - self.eval_seconds
+        if self.max_train_tokens and state.num_input_tokens_seen >= self.max_train_tokens:
+            self.stop_reason, control.should_training_stop = "max_train_tokens", True
+        elif self.max_time_s and elapsed >= self.max_time_s:
+            self.stop_reason, control.should_training_stop = "max_time_s", True
+        return control
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        logs = logs or {}
+        self.eval_seconds += logs.get("eval_runtime", 0.0)
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss} at step {state.global_step}")
+        point = {k: v for k, v in logs.items() if k == "loss" or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
+        if point:
+            self.learning_curve.append({"step": state.global_step, **point})
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.train_seconds = time.perf_counter() - self._start - self.eval_seconds
+
+    def spent(self, state: TrainerState) -> dict[str, Any]:
+        """What training actually consumed, whichever rule stopped it."""
+        return {
+            "steps": state.global_step,
+            "samples": state.global_step * self.batch_size,
+            "train_tokens": int(state.num_input_tokens_seen),
+            "seconds": self.train_seconds,
+            "eval_seconds_during_training": self.eval_seconds,
+            "stop_reason": self.stop_reason,
+        }

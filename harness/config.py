@@ -1,0 +1,195 @@
+"""Validate a composed run config before anything expensive happens.
+
+Every check here runs before a model's weights are read, so a typo costs a
+second, not a model load. Each failure is a :class:`ConfigError` whose text is
+one line naming the offending key and what is allowed; the CLI prints exactly
+that line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys of a method YAML that the harness reads; every other key goes to the
+# method's ``_target_`` class (a PEFT config or a harness method).
+METHOD_HARNESS_KEYS = ("name", "lr", "quantization", "search")
+QUANTIZATIONS = (None, "4bit", "8bit")
+DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TASK_TYPES = ("classification",)
+STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
+# Method hyperparameters that must be positive integers wherever they appear.
+POSITIVE_INT_KEYS = (
+    "r", "init_r", "target_r", "num_virtual_tokens", "encoder_hidden_size",
+    "reduction_factor", "token_dim", "num_attention_heads", "num_layers",
+)
+PROBABILITY_KEYS = ("lora_dropout", "module_dropout", "rank_dropout", "dropout")
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported as one line naming the key."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        super().__init__(f"{key}: {problem}")
+
+
+def _is_positive(value: Any, integer: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value > 0 and (not integer or float(value).is_integer())
+
+
+def _require_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(key, f"got {value!r}; allowed: {shown}")
+
+
+def validate_budget(budget: DictConfig) -> None:
+    """A budget must stop somehow, and its sizes must be positive."""
+    rules = {rule: budget.get(rule) for rule in STOP_RULES}
+    for rule, value in rules.items():
+        if value is not None and not _is_positive(value):
+            raise ConfigError(f"budget.{rule}", f"must be a positive number or null (got {value!r})")
+    if all(value is None for value in rules.values()):
+        raise ConfigError("budget", "has no stop rule; set one of " + ", ".join(f"budget.{r}" for r in STOP_RULES))
+    for key in ("batch_size", "max_seq_length", "eval_steps"):
+        if not _is_positive(budget.get(key), integer=True):
+            raise ConfigError(f"budget.{key}", f"must be a positive integer (got {budget.get(key)!r})")
+    cap = budget.get("max_eval_samples")
+    if cap is not None and not _is_positive(cap, integer=True):
+        raise ConfigError("budget.max_eval_samples", f"must be a positive integer or null (got {cap!r})")
+
+
+def _import_target(key: str, target: Any) -> type:
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(key, f"must be a dotted class path such as peft.LoraConfig (got {target!r})")
+    module_name, _, attr = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        raise ConfigError(key, f"cannot import {target!r}") from None
+
+
+def method_kwargs(method: DictConfig) -> dict[str, Any]:
+    """The keys of a method config that belong to its ``_target_`` class."""
+    plain = OmegaConf.to_container(method, resolve=True)
+    return {k: v for k, v in plain.items() if k not in METHOD_HARNESS_KEYS and k != "_target_"}
+
+
+def validate_method(method: DictConfig) -> None:
+    """Check harness keys and hyperparameter ranges, then build the config object.
+
+    Building it (a PEFT config is a dataclass) catches misspelt fields with
+    the list of real ones, without touching a model.
+    """
+    if not _is_positive(method.get("lr")):
+        raise ConfigError("method.lr", f"must be a positive number (got {method.get('lr')!r})")
+    _require_choice("method.quantization", method.get("quantization"), QUANTIZATIONS)
+    kwargs = method_kwargs(method)
+    for key, value in kwargs.items():
+        if key in POSITIVE_INT_KEYS and value is not None and not _is_positive(value, integer=True):
+            raise ConfigError(f"method.{key}", f"must be a positive integer (got {value!r})")
+        if key in PROBABILITY_KEYS and not (isinstance(value, int | float) and 0 <= value < 1):
+            raise ConfigError(f"method.{key}", f"must be in [0, 1) (got {value!r})")
+    cls = _import_target("method._target_", method.get("_target_"))
+    fields = getattr(cls, "__dataclass_fields__", None)
+    if fields is not None:
+        unknown = sorted(set(kwargs) - set(fields))
+        if unknown:
+            allowed = ", ".join(sorted(f for f in fields if not f.startswith("_")))
+            raise ConfigError(f"method.{unknown[0]}", f"is not a field of {cls.__name__}; allowed: {allowed}")
+
+
+def validate_model(model: DictConfig, method: DictConfig) -> None:
+    _require_choice("model.dtype", model.get("dtype"), DTYPES)
+    _require_choice("model.quantization", model.get("quantization"), QUANTIZATIONS)
+    quantized = method.get("quantization") or model.get("quantization")
+    if quantized and not str(method.get("_target_", "")).startswith("peft."):
+        raise ConfigError(
+            "model.quantization",
+            f"a {quantized} base cannot be trained by method {method.name!r}; use a PEFT method (lora, qlora, ia3, ...)",
+        )
+    if not model.get("pretrained"):
+        raise ConfigError("model.pretrained", "must name a Hub id, a local folder, or embedded://<package>/<dir>")
+
+
+def _check_readable(key: str, path: str) -> None:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(key, f"file not found: {path}")
+    if not os.access(p, os.R_OK):
+        raise ConfigError(key, f"file is not readable: {path}")
+
+
+def validate_task(task: DictConfig) -> None:
+    """Task spec shape, metric names, and that any local data file can be read."""
+    from harness.metrics import available_metrics
+
+    _require_choice("task.type", task.get("type"), TASK_TYPES)
+    sources = [k for k in ("generator", "hub_id", "data_files", "data_dir") if task.get(k)]
+    if not sources:
+        raise ConfigError("task", "has no data source; set one of task.generator, task.hub_id, task.data_files, task.data_dir")
+    names = [m.get("name") for m in task.get("metrics") or []]
+    if not names:
+        raise ConfigError("task.metrics", "must list at least one {name, higher_is_better}")
+    for i, name in enumerate(names):
+        _require_choice(f"task.metrics[{i}].name", name, available_metrics())
+    _require_choice("task.primary_metric", task.get("primary_metric"), names)
+    if not task.get("label_names"):
+        raise ConfigError("task.label_names", "must list the class names in label order")
+    files = task.get("data_files")
+    if files is not None:
+        items = files.items() if isinstance(files, DictConfig) else [(None, files)]
+        for split, path in items:
+            for one in [path] if isinstance(path, str) else path:
+                _check_readable("task.data_files" + (f".{split}" if split else ""), one)
+    if task.get("data_dir") is not None and not Path(task.data_dir).expanduser().is_dir():
+        raise ConfigError("task.data_dir", f"not a folder: {task.data_dir}")
+
+
+def validate_train(train: DictConfig) -> None:
+    from transformers.training_args import OptimizerNames
+
+    _require_choice("train.precision", train.get("precision"), PRECISIONS)
+    _require_choice("train.optimizer", train.get("optimizer"), [o.value for o in OptimizerNames])
+    if not 0 <= train.get("warmup_ratio", 0) < 1:
+        raise ConfigError("train.warmup_ratio", f"must be in [0, 1) (got {train.get('warmup_ratio')!r})")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Run every static check; raises ConfigError on the first problem."""
+    validate_budget(cfg.budget)
+    validate_method(cfg.method)
+    validate_model(cfg.model, cfg.method)
+    validate_task(cfg.task)
+    validate_train(cfg.train)
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError("seed", f"must be an integer (got {cfg.get('seed')!r})")
+
+
+def check_target_modules(module_names: list[str], target: Any, key: str) -> None:
+    """Fail when a method's target_modules match nothing in the model.
+
+    Mirrors PEFT's matching: a string is a regex matched against full module
+    names, a list matches names equal to or ending in ``.<entry>``.
+    """
+    if target is None or target == "all-linear":
+        return
+    if isinstance(target, str):
+        if not any(re.fullmatch(target, name) for name in module_names):
+            raise ConfigError(key, f"regex {target!r} matches no module of this model")
+        return
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in module_names if name})
+    for entry in target:
+        if not any(name == entry or name.endswith("." + entry) for name in module_names):
+            raise ConfigError(key, f"{entry!r} matches no module of this model; module names end in: {', '.join(suffixes)}")

@@ -1,0 +1,149 @@
+"""Method stage: turn a loaded model into the thing a method trains.
+
+A method YAML's ``_target_`` is either a PEFT config class (PEFT does the
+wrapping) or one of the small harness methods below (full, head, bitfit) or
+:class:`harness.adapters.BottleneckAdapterConfig`. The harness methods share
+one protocol, ``apply(model, context) -> model``, so a new non-PEFT method is
+one class plus one YAML file. In every method the classification head trains.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+from torch import nn
+
+from harness.config import ConfigError, method_kwargs
+
+
+@dataclass
+class MethodContext:
+    """What a method needs to know about the model and the run."""
+
+    head_modules: list[str]
+    adapter_sites: dict[str, str] = field(default_factory=dict)
+    peft_task_type: str = "SEQ_CLS"
+    total_steps: int | None = None
+    quantized: bool = False
+
+    def unfreeze_head(self, model: nn.Module) -> None:
+        for name, module in model.named_modules():
+            if name.rpartition(".")[2] in self.head_modules:
+                module.requires_grad_(True)
+
+
+class FullFineTuning:
+    """Every parameter trains."""
+
+    def apply(self, model: nn.Module, context: MethodContext) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+
+class HeadOnly:
+    """Only the classification head trains (a linear probe of the encoder)."""
+
+    def apply(self, model: nn.Module, context: MethodContext) -> nn.Module:
+        model.requires_grad_(False)
+        context.unfreeze_head(model)
+        return model
+
+
+class BitFit:
+    """Bias terms and the head train (Ben Zaken et al., 2022)."""
+
+    def apply(self, model: nn.Module, context: MethodContext) -> nn.Module:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.endswith(".bias"))
+        context.unfreeze_head(model)
+        return model
+
+
+def build_method(method: DictConfig) -> Any:
+    """The method's config object (a PEFT config or a harness method)."""
+    cls = get_class(method._target_)
+    try:
+        return cls(**method_kwargs(method))
+    except (TypeError, ValueError) as error:
+        raise ConfigError("method", f"{method.name}: {str(error).splitlines()[0]}") from None
+
+
+def is_peft(method_object: Any) -> bool:
+    from peft import PeftConfig
+
+    return isinstance(method_object, PeftConfig)
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def check_method(method_object: Any, context: MethodContext) -> None:
+    """Run the method's own config checks (those that need no model)."""
+    if hasattr(method_object, "check"):
+        try:
+            method_object.check(context)
+        except ValueError as error:
+            key, _, problem = str(error).partition(": ")
+            raise ConfigError(key, problem) from None
+
+
+def _peft_config_for_run(config: Any, context: MethodContext) -> Any:
+    """Fill in what PEFT needs from the run: task type, head, AdaLoRA's schedule."""
+    if getattr(config, "task_type", None) is None:
+        config.task_type = context.peft_task_type
+    if hasattr(config, "modules_to_save") and config.modules_to_save is None:
+        config.modules_to_save = list(context.head_modules)
+    if hasattr(config, "total_step") and config.total_step is None:
+        config.total_step = context.total_steps
+    return config
+
+
+def _expose_legacy_cache_kwarg(model: nn.Module) -> None:
+    """Let PEFT prefix tuning reach encoders under transformers >= 5.
+
+    transformers 5 renamed the ``past_key_values`` argument of encoder
+    backbones to ``cache`` (the old name still works through a deprecation
+    shim), but PEFT 0.21 looks for the old name in the forward signature and
+    refuses prefix tuning. This gives the backbone instance a forward whose
+    signature has the old name and that passes it through unchanged.
+    """
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if backbone is None:
+        return
+    parameters = inspect.signature(backbone.forward).parameters
+    if "past_key_values" in parameters or "cache" not in parameters:
+        return
+    original = backbone.forward
+
+    @functools.wraps(original)
+    def forward(*args, past_key_values=None, **kwargs):
+        return original(*args, cache=past_key_values, **kwargs)
+
+    forward.__signature__ = inspect.signature(original).replace(
+        parameters=[*parameters.values()][:-1]
+        + [inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)]
+        + [[*parameters.values()][-1]]
+    )
+    backbone.forward = forward
+
+
+def apply_method(model: nn.Module, method_object: Any, context: MethodContext) -> nn.Module:
+    """Wrap or freeze the model as the method prescribes."""
+    if not is_peft(method_object):
+        return method_object.apply(model, context)
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    config = _peft_config_for_run(method_object, context)
+    if context.quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if config.is_prompt_learning:
+        _expose_legacy_cache_kwarg(model)
+    return get_peft_model(model, config)

@@ -1,0 +1,85 @@
+"""Run records: one JSON file per run, the unit of truth for every report.
+
+A record is written atomically (temporary file in the same folder, fsync,
+rename), so a killed run leaves either no record or a complete one. Its
+``run_id`` is a hash of the resolved config without output-only keys, so the
+same experiment always maps to the same file and a rerun can skip it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+SCHEMA_VERSION = 1
+# Keys that say where or how to write results, not what the experiment is.
+NON_IDENTITY_KEYS = ("results_dir", "force", "keep_artifacts", "hydra")
+REQUIRED_FIELDS = (
+    "schema_version", "run_id", "status", "error", "model", "task", "method", "budget", "seed",
+    "metrics", "primary_metric", "params", "memory", "time", "compute", "learning_curve",
+    "training", "config", "environment",
+)
+
+
+def identity_config(cfg: DictConfig) -> dict[str, Any]:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in plain.items() if k not in NON_IDENTITY_KEYS}
+
+
+def run_id(cfg: DictConfig) -> str:
+    """Stable across processes and machines: sorted-key JSON of the identity config."""
+    canonical = json.dumps(identity_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def runs_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "runs"
+
+
+def record_path(results_dir: str | Path, rid: str) -> Path:
+    return runs_dir(results_dir) / f"{rid}.json"
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Atomic write: readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(record, out, indent=2, sort_keys=False, default=str)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at path, or None when absent or unreadable (treated as not run)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_done(results_dir: str | Path, rid: str) -> bool:
+    record = read_record(record_path(results_dir, rid))
+    return bool(record) and record.get("status") == "success"
+
+
+def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every readable record under results_dir/runs, in file-name order."""
+    folder = runs_dir(results_dir)
+    records = (read_record(p) for p in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
+    return [r for r in records if r is not None]
+
+
+def missing_fields(record: dict[str, Any]) -> list[str]:
+    return [field for field in REQUIRED_FIELDS if field not in record]

@@ -1,0 +1,1 @@
+"""Reporting layer: pure functions from run records to tables and plots."""

@@ -1,0 +1,235 @@
+"""One run: validate, load, wrap, train, evaluate, measure, record.
+
+:func:`prepare` does every check that needs no model weights and raises
+:class:`~harness.config.ConfigError` on bad input. :func:`execute` then
+trains; any exception from there on becomes a ``failed`` record carrying the
+error and the tail of its traceback, so a sweep can go on and nothing already
+written is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from omegaconf import DictConfig, OmegaConf
+
+from harness import budget as budget_stage
+from harness import data, measure, methods, models, records
+from harness.config import check_target_modules, validate
+
+log = logging.getLogger(__name__)
+TRACEBACK_TAIL_LINES = 30
+
+
+class RunFailed(RuntimeError):
+    """Training or evaluation raised; the failed record has been written."""
+
+
+@dataclass
+class PreparedRun:
+    """Everything known before the model loads."""
+
+    cfg: DictConfig
+    run_id: str
+    record_path: Path
+    splits: DatasetDict
+    method_object: Any
+    context: methods.MethodContext
+
+
+def quantization_of(cfg: DictConfig) -> str | None:
+    return cfg.method.get("quantization") or cfg.model.get("quantization")
+
+
+def prepare(cfg: DictConfig) -> PreparedRun:
+    """All checks that need no weights: config values, data columns, target modules."""
+    validate(cfg)
+    splits = data.load_task(cfg.task)
+    num_labels = len(cfg.task.label_names)
+    context = methods.MethodContext(
+        head_modules=list(cfg.model.head_modules),
+        adapter_sites=OmegaConf.to_container(cfg.model.get("adapter_sites") or {}),
+        total_steps=budget_stage.trainer_max_steps(cfg.budget),
+        quantized=quantization_of(cfg) is not None,
+    )
+    method_object = methods.build_method(cfg.method)
+    methods.check_method(method_object, context)
+    names = models.module_names(cfg.model, num_labels)
+    for key in ("target_modules", "feedforward_modules"):
+        methods_target = getattr(method_object, key, None)
+        if isinstance(methods_target, set | frozenset):
+            methods_target = sorted(methods_target)
+        check_target_modules(names, methods_target, f"method.{key}")
+    rid = records.run_id(cfg)
+    return PreparedRun(cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device: torch.device):
+    """The Trainer settings every method shares; only the learning rate is the method's.
+
+    ``data_seed`` fixes the sampler so every method sees the same batches in
+    the same order; ``dataloader_drop_last`` makes every step the same size.
+    """
+    from transformers import TrainingArguments
+
+    b, t = cfg.budget, cfg.train
+    step_bounded = bool(b.get("max_steps"))
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=budget_stage.trainer_max_steps(b),
+        per_device_train_batch_size=b.batch_size,
+        per_device_eval_batch_size=b.batch_size,
+        learning_rate=cfg.method.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=int(t.warmup_ratio * b.max_steps) if step_bounded else 0,
+        lr_scheduler_type=t.lr_scheduler if step_bounded else "constant",
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="steps",
+        eval_steps=b.eval_steps,
+        eval_on_start=True,
+        logging_steps=b.eval_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=device.type == "cpu",
+        dataloader_drop_last=True,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+    )
+
+
+def _save_trained(model, folder: Path) -> int:
+    """Save what the method trained (adapter + head for PEFT, else the trainable tensors) and return its size."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if methods.is_peft_model(model):
+        model.save_pretrained(folder)
+    else:
+        trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trained, str(folder / "trained.safetensors"))
+    return measure.folder_bytes(folder)
+
+
+def _strip_prefix(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and not k.endswith(skip)}
+
+
+def _base_record(prepared: PreparedRun) -> dict[str, Any]:
+    cfg = prepared.cfg
+    primary = next(m for m in cfg.task.metrics if m.name == cfg.task.primary_metric)
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": prepared.run_id,
+        "status": None,
+        "error": None,
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "method": cfg.method.name,
+        "budget": cfg.budget.name,
+        "objective": "cls",
+        "seed": cfg.seed,
+        "metrics": {},
+        "primary_metric": {"name": primary.name, "higher_is_better": bool(primary.higher_is_better)},
+        "params": {},
+        "memory": {},
+        "time": {},
+        "compute": {},
+        "learning_curve": [],
+        "training": {},
+        "config": records.identity_config(cfg),
+        "environment": {},
+    }
+
+
+def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path) -> None:
+    from harness.objectives import cls
+
+    cfg, device = prepared.cfg, _device()
+    precision = _precision(cfg.train.precision, device)
+    record["environment"] = measure.environment(device)
+    tokenizer = models.load_tokenizer(cfg.model)
+    tokenized = data.tokenize(prepared.splits, tokenizer, cfg.budget.max_seq_length)
+    validation = data.cap_eval(tokenized["validation"], cfg.budget.get("max_eval_samples"))
+    test = data.cap_eval(tokenized["test"], cfg.budget.get("max_eval_samples"))
+
+    model = models.load_classifier(cfg.model, len(cfg.task.label_names), quantization_of(cfg), cfg.seed)
+    model = methods.apply_method(model, prepared.method_object, prepared.context)
+    trainable, total = measure.count_parameters(model)
+    record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
+
+    callback = budget_stage.BudgetCallback(cfg.budget, cfg.budget.batch_size)
+    args = training_arguments(cfg, str(work_dir / "trainer"), precision, device)
+    trainer = cls.build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback])
+    with measure.PeakMemory(device) as memory:
+        trainer.train()
+    with measure.Stopwatch(device) as eval_clock:
+        val_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
+        test_metrics = trainer.evaluate(test, metric_key_prefix="test")
+    artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
+    spent = callback.spent(trainer.state)
+    name = record["primary_metric"]["name"]
+    record.update(
+        metrics={"validation": _strip_prefix(val_metrics, "eval_"), "test": _strip_prefix(test_metrics, "test_")},
+        memory={**memory.as_record(), "device": device.type, "optimizer": cfg.train.optimizer, "precision": precision,
+                "quantization": quantization_of(cfg), "batch_size": cfg.budget.batch_size,
+                "max_seq_length": cfg.budget.max_seq_length},
+        time={"train_seconds": spent["seconds"], "eval_seconds": eval_clock.seconds + spent["eval_seconds_during_training"],
+              "final_eval_seconds": eval_clock.seconds,
+              "train_tokens_per_second": spent["train_tokens"] / spent["seconds"] if spent["seconds"] else None},
+        compute=spent,
+        learning_curve=callback.learning_curve,
+        trained_bytes=_save_trained(trainer.model, artifact_dir),
+        artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
+        training={"optimizer": cfg.train.optimizer, "learning_rate": cfg.method.lr, "weight_decay": cfg.train.weight_decay,
+                  "lr_scheduler": args.lr_scheduler_type, "warmup_steps": args.warmup_steps,
+                  "max_grad_norm": cfg.train.max_grad_norm, "precision": precision, "batch_size": cfg.budget.batch_size,
+                  "max_seq_length": cfg.budget.max_seq_length, "data_seed": args.data_seed},
+    )
+    record["primary_metric"].update(
+        validation=record["metrics"]["validation"].get(name), test=record["metrics"]["test"].get(name)
+    )
+
+
+def execute(prepared: PreparedRun) -> dict[str, Any]:
+    """Train and record; a failure is written as a failed record and re-raised as RunFailed."""
+    record = _base_record(prepared)
+    work_dir = Path(tempfile.mkdtemp(prefix=f"harness-{prepared.run_id}-"))
+    try:
+        _train_and_measure(prepared, record, work_dir)
+    except Exception as error:  # every failure becomes a record; Ctrl-C (BaseException) writes none
+        record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc().splitlines()[-TRACEBACK_TAIL_LINES:],
+                      finished_at=datetime.now(timezone.utc).isoformat())
+        records.write_record(prepared.record_path, record)
+        raise RunFailed(record["error"]) from error
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    record.update(status="success", finished_at=datetime.now(timezone.utc).isoformat())
+    records.write_record(prepared.record_path, record)
+    return record
