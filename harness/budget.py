@@ -40,9 +40,11 @@ class BudgetCallback(TrainerCallback):
         self.eval_seconds = 0.0  # periodic evaluation inside train(): not charged to the budget
         self.learning_curve: list[dict[str, Any]] = []
         self._start = 0.0
+        self._training = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self._start = time.perf_counter()
+        self._training = True
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         elapsed = time.perf_counter() - self._start - self.eval_seconds
@@ -53,6 +55,8 @@ class BudgetCallback(TrainerCallback):
         return control
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if not self._training:  # the final evaluations are recorded as metrics, not curve points
+            return
         logs = logs or {}
         self.eval_seconds += logs.get("eval_runtime", 0.0)
         loss = logs.get("loss")
@@ -64,6 +68,7 @@ class BudgetCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.train_seconds = time.perf_counter() - self._start - self.eval_seconds
+        self._training = False
 
     def spent(self, state: TrainerState) -> dict[str, Any]:
         """What training actually consumed, whichever rule stopped it."""

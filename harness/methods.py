@@ -64,11 +64,18 @@ class BitFit:
         return model
 
 
-def build_method(method: DictConfig) -> Any:
-    """The method's config object (a PEFT config or a harness method)."""
+def build_method(method: DictConfig, context: MethodContext) -> Any:
+    """The method's config object (a PEFT config or a harness method).
+
+    A schedule-aware method (AdaLoRA's ``total_step``) gets the budget's step
+    count unless its YAML sets one.
+    """
     cls = get_class(method._target_)
+    kwargs = method_kwargs(method)
+    if "total_step" in getattr(cls, "__dataclass_fields__", {}) and kwargs.get("total_step") is None:
+        kwargs["total_step"] = context.total_steps
     try:
-        return cls(**method_kwargs(method))
+        return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError("method", f"{method.name}: {str(error).splitlines()[0]}") from None
 
@@ -96,13 +103,11 @@ def check_method(method_object: Any, context: MethodContext) -> None:
 
 
 def _peft_config_for_run(config: Any, context: MethodContext) -> Any:
-    """Fill in what PEFT needs from the run: task type, head, AdaLoRA's schedule."""
+    """Fill in what PEFT needs from the run: the task type and the head to train."""
     if getattr(config, "task_type", None) is None:
         config.task_type = context.peft_task_type
     if hasattr(config, "modules_to_save") and config.modules_to_save is None:
         config.modules_to_save = list(context.head_modules)
-    if hasattr(config, "total_step") and config.total_step is None:
-        config.total_step = context.total_steps
     return config
 
 

@@ -46,7 +46,8 @@ def load_config(model: DictConfig, num_labels: int):
     except OSError as error:
         first = str(error).splitlines()[0]
         raise ConfigError("model.pretrained", f"cannot load {model.pretrained!r} (offline without a cached copy?): {first}") from None
-    for key, value in OmegaConf.to_container(model.get("config_overrides") or {}).items():
+    overrides = model.get("config_overrides")
+    for key, value in (OmegaConf.to_container(overrides) if overrides is not None else {}).items():
         setattr(config, key, value)
     return config
 

@@ -23,7 +23,7 @@ NON_IDENTITY_KEYS = ("results_dir", "force", "keep_artifacts", "hydra")
 REQUIRED_FIELDS = (
     "schema_version", "run_id", "status", "error", "model", "task", "method", "budget", "seed",
     "metrics", "primary_metric", "params", "memory", "time", "compute", "learning_curve",
-    "training", "config", "environment",
+    "training", "trained_bytes", "config", "environment",
 )
 
 

@@ -57,11 +57,11 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     num_labels = len(cfg.task.label_names)
     context = methods.MethodContext(
         head_modules=list(cfg.model.head_modules),
-        adapter_sites=OmegaConf.to_container(cfg.model.get("adapter_sites") or {}),
+        adapter_sites=OmegaConf.to_container(cfg.model.adapter_sites) if cfg.model.get("adapter_sites") is not None else {},
         total_steps=budget_stage.trainer_max_steps(cfg.budget),
         quantized=quantization_of(cfg) is not None,
     )
-    method_object = methods.build_method(cfg.method)
+    method_object = methods.build_method(cfg.method, context)
     methods.check_method(method_object, context)
     names = models.module_names(cfg.model, num_labels)
     for key in ("target_modules", "feedforward_modules"):
@@ -192,7 +192,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         val_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
         test_metrics = trainer.evaluate(test, metric_key_prefix="test")
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
-    spent = callback.spent(trainer.state)
+    spent = {**callback.spent(trainer.state), "data_order_sha256": trainer.data_order_fingerprint()}
     name = record["primary_metric"]["name"]
     record.update(
         metrics={"validation": _strip_prefix(val_metrics, "eval_"), "test": _strip_prefix(test_metrics, "test_")},

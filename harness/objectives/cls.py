@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
-from transformers import DataCollatorWithPadding, EvalPrediction, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, EvalPrediction, PrinterCallback, Trainer, TrainingArguments
 
 from harness.metrics import load_metric
+
+
+class DataOrderFingerprint:
+    """Trainer mixin: a SHA-256 over the token ids of every training batch, in order.
+
+    Two runs with equal fingerprints trained on the same examples in the same
+    order; the record carries it so a reader can check that methods compared
+    in a table really saw the same data.
+    """
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        if not hasattr(self, "data_order_hash"):
+            self.data_order_hash = hashlib.sha256()
+        self.data_order_hash.update(inputs["input_ids"].detach().cpu().numpy().tobytes())
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def data_order_fingerprint(self) -> str | None:
+        return self.data_order_hash.hexdigest() if hasattr(self, "data_order_hash") else None
+
+
+class ClassificationTrainer(DataOrderFingerprint, Trainer):
+    """transformers' Trainer, fingerprinting its data order."""
 
 
 def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str, float]]:
@@ -30,7 +53,7 @@ def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str
 def build_trainer(
     model, tokenizer, train_data, eval_data, args: TrainingArguments, task: DictConfig, callbacks: list[Any]
 ) -> Trainer:
-    return Trainer(
+    trainer = ClassificationTrainer(
         model=model,
         args=args,
         train_dataset=train_data,
@@ -40,3 +63,5 @@ def build_trainer(
         compute_metrics=compute_metrics_for(task),
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # the learning curve goes to the record, not stdout
+    return trainer

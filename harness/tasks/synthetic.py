@@ -85,25 +85,26 @@ def _review(rng: random.Random) -> tuple[str, int]:
 
 
 def _scene(rng: random.Random) -> tuple[str, str, int]:
-    """Premise describing three objects, hypothesis about one; 1 if entailed.
+    """Premise describing two or three objects, hypothesis about one; 1 if entailed.
 
-    A wrong hypothesis reuses words from the premise (another object's colour
-    or place), so lexical overlap alone cannot solve it.
+    Half the wrong hypotheses use a colour or place absent from the premise
+    (word overlap gives them away); the other half borrow another object's
+    colour or place, so only binding attributes to objects solves them.
     """
-    colors = rng.sample(COLORS, 3)
-    objects = rng.sample(OBJECTS, 3)
-    places = rng.sample(PLACES, 3)
+    n = rng.choice([2, 3])
+    colors, objects, places = rng.sample(COLORS, n + 1), rng.sample(OBJECTS, n), rng.sample(PLACES, n + 1)
     facts = [f"the {c} {o} is {p}" for c, o, p in zip(colors, objects, places)]
     premise = ", ".join(facts[:-1]) + " and " + facts[-1] + "."
     premise = premise[0].upper() + premise[1:]
-    i = rng.randrange(3)
+    i = rng.randrange(n)
     entailed = rng.random() < 0.5
     color, place = colors[i], places[i]
     if not entailed:
+        other = n if rng.random() < 0.5 else (i + rng.randrange(1, n)) % n  # index n: not in the premise
         if rng.random() < 0.5:
-            color = colors[(i + rng.randrange(1, 3)) % 3]
+            color = colors[other]
         else:
-            place = places[(i + rng.randrange(1, 3)) % 3]
+            place = places[other]
     return premise, f"The {color} {objects[i]} is {place}.", int(entailed)
 
 

@@ -1,0 +1,46 @@
+"""Shared fixtures: compose run configs in-process, the way harness-run does."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+
+from harness.cli import CONFIG_DIR  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+# A 2-step run of the tiny random BERT on a small draw of an embedded task.
+TINY = [
+    "model=tiny_bert", "budget=tiny", "budget.max_steps=2", "budget.eval_steps=1",
+    "budget.batch_size=8", "budget.max_eval_samples=16",
+    "task.generator.n_train=64", "task.generator.n_validation=16", "task.generator.n_test=16",
+]
+
+
+def compose_config(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """compose(overrides) with results_dir in a fresh temporary folder."""
+
+    def make(*overrides: str):
+        return compose_config([f"results_dir={tmp_path / 'results'}", *overrides])
+
+    return make
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
