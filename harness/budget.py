@@ -31,10 +31,9 @@ class NonFiniteLossError(FloatingPointError):
 class BudgetCallback(TrainerCallback):
     """Stops training on the token or time budget and records what was spent."""
 
-    def __init__(self, budget: DictConfig, batch_size: int):
+    def __init__(self, budget: DictConfig):
         self.max_train_tokens = budget.get("max_train_tokens")
         self.max_time_s = budget.get("max_time_s")
-        self.batch_size = batch_size
         self.stop_reason = "max_steps"
         self.train_seconds = 0.0
         self.eval_seconds = 0.0  # periodic evaluation inside train(): not charged to the budget
@@ -71,10 +70,9 @@ class BudgetCallback(TrainerCallback):
         self._training = False
 
     def spent(self, state: TrainerState) -> dict[str, Any]:
-        """What training actually consumed, whichever rule stopped it."""
+        """Steps, non-padding tokens and seconds actually consumed, whichever rule stopped it."""
         return {
             "steps": state.global_step,
-            "samples": state.global_step * self.batch_size,
             "train_tokens": int(state.num_input_tokens_seen),
             "seconds": self.train_seconds,
             "eval_seconds_during_training": self.eval_seconds,

@@ -87,7 +87,8 @@ def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device:
     """The Trainer settings every method shares; only the learning rate is the method's.
 
     ``data_seed`` fixes the sampler so every method sees the same batches in
-    the same order; ``dataloader_drop_last`` makes every step the same size.
+    the same order. Nothing is dropped: ``dataloader_drop_last`` would also
+    drop evaluation examples, so samples are counted as they are trained on.
     """
     from transformers import TrainingArguments
 
@@ -115,8 +116,8 @@ def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device:
         save_strategy="no",
         report_to=[],
         use_cpu=device.type == "cpu",
-        dataloader_drop_last=True,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a NaN loss must reach BudgetCallback and fail the run
         disable_tqdm=True,
     )
 
@@ -183,7 +184,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
     trainable, total = measure.count_parameters(model)
     record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
 
-    callback = budget_stage.BudgetCallback(cfg.budget, cfg.budget.batch_size)
+    callback = budget_stage.BudgetCallback(cfg.budget)
     args = training_arguments(cfg, str(work_dir / "trainer"), precision, device)
     trainer = cls.build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback])
     with measure.PeakMemory(device) as memory:
@@ -192,7 +193,8 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         val_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
         test_metrics = trainer.evaluate(test, metric_key_prefix="test")
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
-    spent = {**callback.spent(trainer.state), "data_order_sha256": trainer.data_order_fingerprint()}
+    spent = {**callback.spent(trainer.state), "samples": trainer.samples_trained,
+             "data_order_sha256": trainer.data_order_fingerprint()}
     name = record["primary_metric"]["name"]
     record.update(
         metrics={"validation": _strip_prefix(val_metrics, "eval_"), "test": _strip_prefix(test_metrics, "test_")},

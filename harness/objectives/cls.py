@@ -18,13 +18,16 @@ class DataOrderFingerprint:
 
     Two runs with equal fingerprints trained on the same examples in the same
     order; the record carries it so a reader can check that methods compared
-    in a table really saw the same data.
+    in a table really saw the same data. It also counts the examples trained on.
     """
+
+    samples_trained = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
         if not hasattr(self, "data_order_hash"):
             self.data_order_hash = hashlib.sha256()
         self.data_order_hash.update(inputs["input_ids"].detach().cpu().numpy().tobytes())
+        self.samples_trained += int(inputs["input_ids"].shape[0])
         return super().training_step(model, inputs, *args, **kwargs)
 
     def data_order_fingerprint(self) -> str | None:

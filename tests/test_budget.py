@@ -1,0 +1,69 @@
+"""Budgets: every stop rule is enforced, spending is recorded, data order is shared."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import TINY
+from omegaconf import OmegaConf
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from harness import records
+from harness.budget import BudgetCallback, NonFiniteLossError
+from harness.cli import run_one
+
+LONGER = [*TINY, "budget.max_steps=6", "budget.eval_steps=3"]
+
+
+def test_token_budget_stops_training_early(make_cfg):
+    record = run_one(make_cfg(*LONGER, "budget.max_train_tokens=150"))
+    spent = record["compute"]
+    assert spent["stop_reason"] == "max_train_tokens"
+    assert spent["train_tokens"] >= 150
+    assert spent["steps"] < 6
+
+
+def test_token_budget_alone_is_a_stop_rule(make_cfg):
+    record = run_one(make_cfg(*TINY, "budget.max_steps=null", "budget.max_train_tokens=200"))
+    assert record["compute"]["stop_reason"] == "max_train_tokens"
+    assert record["training"]["lr_scheduler"] == "constant"  # no step count to decay over
+
+
+def test_time_budget_stops_training(make_cfg):
+    record = run_one(make_cfg(*TINY, "budget.max_steps=100000", "budget.max_time_s=1.5", "budget.eval_steps=1000"))
+    assert record["compute"]["stop_reason"] == "max_time_s"
+    assert 1.5 <= record["compute"]["seconds"] < 10
+
+
+def test_spent_tokens_count_only_non_padding(make_cfg):
+    record = run_one(make_cfg(*TINY))
+    steps, batch = record["compute"]["steps"], record["training"]["batch_size"]
+    assert record["compute"]["train_tokens"] < steps * batch * record["training"]["max_seq_length"]
+
+
+def test_all_methods_see_the_same_batches_in_the_same_order(make_cfg):
+    fingerprints = {m: run_one(make_cfg(*TINY, f"method={m}"))["compute"]["data_order_sha256"]
+                    for m in ("full", "lora", "prefix", "adapter_houlsby")}
+    assert len(set(fingerprints.values())) == 1, fingerprints
+    other_seed = run_one(make_cfg(*TINY, "method=lora", "seed=1"))["compute"]["data_order_sha256"]
+    assert other_seed != fingerprints["lora"]
+
+
+def test_non_finite_loss_fails_the_run():
+    callback = BudgetCallback(OmegaConf.create({"max_steps": 5}))
+    state, control = TrainerState(), TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    callback.on_train_begin(args, state, control)
+    callback.on_log(args, state, control, logs={"loss": 0.7})
+    with pytest.raises(NonFiniteLossError):
+        callback.on_log(args, state, control, logs={"loss": math.nan})
+
+
+def test_diverging_run_is_recorded_as_failed(make_cfg):
+    cfg = make_cfg(*TINY, "method=full", "method.lr=1e30", "train.max_grad_norm=1e30",
+                   "budget.max_steps=4", "budget.eval_steps=1")
+    with pytest.raises(SystemExit):
+        run_one(cfg)
+    failed = records.read_record(records.record_path(cfg.results_dir, records.run_id(cfg)))
+    assert failed["status"] == "failed" and "NonFiniteLossError" in failed["error"]

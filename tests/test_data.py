@@ -1,0 +1,130 @@
+"""Task stage: embedded generators, local files, label handling, fixed splits."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+from conftest import SHARED_DATA
+
+from harness.config import ConfigError
+from harness.data import load_task, tokenize
+from harness.models import load_tokenizer
+from harness.tasks import synthetic
+
+
+@pytest.mark.parametrize("generator", [synthetic.sentiment, synthetic.entailment])
+def test_embedded_tasks_are_deterministic_sized_balanced_and_disjoint(generator):
+    first, second = generator(), generator()
+    assert {s: len(first[s]) for s in first} == {"train": 4000, "validation": 500, "test": 500}
+    for split in first:
+        assert first[split].to_dict() == second[split].to_dict()
+    text_columns = [c for c in first["train"].column_names if c != "label"]
+    keys = {s: set(zip(*[first[s][c] for c in text_columns])) for s in first}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"]
+    counts = Counter(first["train"]["label"])
+    assert abs(counts[0] - counts[1]) < 0.1 * len(first["train"])
+    assert generator(seed=7)["train"]["label"] != first["train"]["label"]
+
+
+def test_label_noise_flips_the_requested_fraction():
+    clean = synthetic.sentiment(label_noise=0.0)
+    noisy = synthetic.sentiment(label_noise=0.2)
+    assert clean["train"]["text"] == noisy["train"]["text"]  # noise never changes which texts exist
+    flipped = sum(a != b for a, b in zip(clean["train"]["label"], noisy["train"]["label"]))
+    assert 0.17 < flipped / len(clean["train"]) < 0.23
+
+
+def test_no_single_word_gives_the_sentiment_label_away():
+    data = synthetic.sentiment(label_noise=0.0)["train"]
+    for word in ["great", "terrible", "not", "but", "although"]:
+        labels = [label for text, label in zip(data["text"], data["label"]) if re.search(rf"\b{word}\b", text)]
+        assert len(labels) > 100, word
+        share = sum(labels) / len(labels)
+        assert 0.2 < share < 0.8, f"{word!r} predicts the label ({share:.2f} positive)"
+
+
+def _write_glue_like(folder, rows, header, name):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["\t".join(header), *("\t".join(map(str, r)) for r in rows)]
+    (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def test_local_tsv_folder_with_dev_file_and_string_labels(make_cfg, tmp_path):
+    """RTE's distribution: train.tsv/dev.tsv, string labels, a quote character in the text."""
+    rows = [(i, f'premise "{i}"', f"hypothesis {i}", ["entailment", "not_entailment"][i % 2]) for i in range(40)]
+    folder = tmp_path / "RTE"
+    _write_glue_like(folder, rows, ["index", "sentence1", "sentence2", "label"], "train.tsv")
+    _write_glue_like(folder, rows[:10], ["index", "sentence1", "sentence2", "label"], "dev.tsv")
+    cfg = make_cfg("task=rte", f"task.data_dir={folder}", "task.validation_size=8")
+    splits = load_task(cfg.task)
+    assert {s: len(splits[s]) for s in splits} == {"train": 32, "validation": 8, "test": 10}
+    assert splits["test"].column_names == ["text", "text_pair", "label"]
+    assert splits["test"]["label"][:2] == [0, 1]
+    assert splits["test"]["text"][0] == 'premise "0"'
+
+
+def test_validation_carve_is_the_same_for_every_run_seed(make_cfg, tmp_path):
+    rows = [(f"sentence {i}", i % 2) for i in range(50)]
+    _write_glue_like(tmp_path / "sst", rows, ["sentence", "label"], "train.tsv")
+    _write_glue_like(tmp_path / "sst", rows[:5], ["sentence", "label"], "dev.tsv")
+    carve = [load_task(make_cfg("task=sst2", f"task.data_dir={tmp_path / 'sst'}", "task.validation_size=10",
+                                f"seed={seed}").task)["validation"]["text"] for seed in (0, 1)]
+    assert carve[0] == carve[1]
+
+
+def test_local_json_files_by_split(make_cfg, tmp_path):
+    for split, n in (("train", 20), ("validation", 6), ("test", 6)):
+        with open(tmp_path / f"{split}.jsonl", "w") as out:
+            for i in range(n):
+                out.write(json.dumps({"review": f"text {i}", "stars": i % 2}) + "\n")
+    files = "{" + ",".join(f"{s}:{tmp_path / s}.jsonl" for s in ("train", "validation", "test")) + "}"
+    cfg = make_cfg("task=toy_sentiment", "task.generator=null", f"task.data_files={files}",
+                   "task.text_column=review", "task.label_column=stars")
+    splits = load_task(cfg.task)
+    assert len(splits["validation"]) == 6 and splits["train"].features["label"].names == ["negative", "positive"]
+
+
+def test_labels_outside_label_names_are_rejected(make_cfg, tmp_path):
+    rows = [(f"sentence {i}", i % 3) for i in range(30)]
+    _write_glue_like(tmp_path / "d", rows, ["sentence", "label"], "train.tsv")
+    _write_glue_like(tmp_path / "d", rows, ["sentence", "label"], "dev.tsv")
+    with pytest.raises(ConfigError) as caught:
+        load_task(make_cfg("task=sst2", f"task.data_dir={tmp_path / 'd'}", "task.validation_size=5").task)
+    assert caught.value.key == "task.label_names"
+
+
+def test_tokenize_pairs_without_padding(make_cfg):
+    cfg = make_cfg("task=toy_entailment", "task.generator.n_train=8", "task.generator.n_validation=4",
+                   "task.generator.n_test=4")
+    tokenized = tokenize(load_task(cfg.task), load_tokenizer(cfg.model), max_length=64)
+    row = tokenized["train"][0]
+    assert set(row) >= {"input_ids", "attention_mask", "token_type_ids", "label"}
+    assert 1 in row["token_type_ids"]  # the hypothesis is the second segment
+    assert all(row["attention_mask"])  # no padding stored
+
+
+# The real GLUE files in ../shared/data, when this checkout has them. Either
+# the original distribution (TSV) or the Hub's export; folder names vary.
+GLUE_FOLDER_NAMES = {"sst2": ("sst2", "sst-2"), "rte": ("rte",), "qnli": ("qnli",), "mrpc": ("mrpc",), "cola": ("cola",)}
+
+
+def _glue_folder(task: str):
+    if not SHARED_DATA.is_dir():
+        return None
+    for folder in sorted(p for p in SHARED_DATA.rglob("*") if p.is_dir()):
+        if folder.name.lower() in GLUE_FOLDER_NAMES[task] and any(folder.glob("train.*")):
+            return folder
+    return None
+
+
+@pytest.mark.parametrize("task", ["sst2", "rte", "qnli"])
+def test_real_glue_files_load_through_the_task_spec(make_cfg, task):
+    folder = _glue_folder(task)
+    if folder is None:
+        pytest.skip(f"no {task} folder with train.* under {SHARED_DATA}")
+    splits = load_task(make_cfg(f"task={task}", f"task.data_dir={folder}").task)
+    assert len(splits["train"]) > 1000 and len(splits["test"]) > 100
+    assert set(splits["train"]["label"]) == {0, 1}
