@@ -64,13 +64,16 @@ class BottleneckAdapterConfig:
             raise ValueError(f"method.activation: got {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         unknown = [s for s in self.sites if s not in context.adapter_sites]
         if unknown:
-            raise ValueError(f"method.sites: {unknown[0]!r} unknown; this model defines: {', '.join(context.adapter_sites)}")
+            raise ValueError(
+                f"method.sites: {unknown[0]!r} unknown; this model defines: {', '.join(context.adapter_sites)}"
+            )
 
     def apply(self, model: nn.Module, context) -> nn.Module:
         self.check(context)
         patterns = [re.compile(context.adapter_sites[s]) for s in self.sites]
         targets = [
-            (name, module) for name, module in model.named_modules()
+            (name, module)
+            for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and any(p.search(name) for p in patterns)
         ]
         if not targets:

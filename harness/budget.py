@@ -61,7 +61,11 @@ class BudgetCallback(TrainerCallback):
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} at step {state.global_step}")
-        point = {k: v for k, v in logs.items() if k == "loss" or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
+        point = {
+            k: v
+            for k, v in logs.items()
+            if k == "loss" or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+        }
         if point:
             self.learning_curve.append({"step": state.global_step, **point})
 

@@ -27,8 +27,15 @@ TASK_TYPES = ("classification",)
 STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
 # Method hyperparameters that must be positive integers wherever they appear.
 POSITIVE_INT_KEYS = (
-    "r", "init_r", "target_r", "num_virtual_tokens", "encoder_hidden_size",
-    "reduction_factor", "token_dim", "num_attention_heads", "num_layers",
+    "r",
+    "init_r",
+    "target_r",
+    "num_virtual_tokens",
+    "encoder_hidden_size",
+    "reduction_factor",
+    "token_dim",
+    "num_attention_heads",
+    "num_layers",
 )
 PROBABILITY_KEYS = ("lora_dropout", "module_dropout", "rank_dropout", "dropout")
 
@@ -138,7 +145,9 @@ def validate_task(task: DictConfig) -> None:
     _require_choice("task.type", task.get("type"), TASK_TYPES)
     sources = [k for k in ("generator", "hub_id", "data_files", "data_dir") if task.get(k)]
     if not sources:
-        raise ConfigError("task", "has no data source; set one of task.generator, task.hub_id, task.data_files, task.data_dir")
+        raise ConfigError(
+            "task", "has no data source; set one of task.generator, task.hub_id, task.data_files, task.data_dir"
+        )
     names = [m.get("name") for m in task.get("metrics") or []]
     if not names:
         raise ConfigError("task.metrics", "must list at least one {name, higher_is_better}")
@@ -192,4 +201,6 @@ def check_target_modules(module_names: list[str], target: Any, key: str) -> None
     suffixes = sorted({name.rsplit(".", 1)[-1] for name in module_names if name})
     for entry in target:
         if not any(name == entry or name.endswith("." + entry) for name in module_names):
-            raise ConfigError(key, f"{entry!r} matches no module of this model; module names end in: {', '.join(suffixes)}")
+            raise ConfigError(
+                key, f"{entry!r} matches no module of this model; module names end in: {', '.join(suffixes)}"
+            )

@@ -30,7 +30,9 @@ def _file_format(task: DictConfig, path: str) -> tuple[str, dict[str, Any]]:
     suffix = Path(path).suffix.lower()
     builder = task.get("file_format") or FILE_FORMATS.get(suffix)
     if builder is None:
-        raise ConfigError("task.file_format", f"cannot infer from {path!r}; allowed: {', '.join(sorted(set(FILE_FORMATS.values())))}")
+        raise ConfigError(
+            "task.file_format", f"cannot infer from {path!r}; allowed: {', '.join(sorted(set(FILE_FORMATS.values())))}"
+        )
     kwargs = {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
     return builder, kwargs
 
@@ -45,7 +47,10 @@ def _data_dir_files(data_dir: str) -> dict[str, str]:
                 found[split] = str(matches[0])
                 break
     if not found:
-        raise ConfigError("task.data_dir", f"no train/dev/validation/test file with a known extension ({', '.join(FILE_FORMATS)}) in {data_dir}")
+        raise ConfigError(
+            "task.data_dir",
+            f"no train/dev/validation/test file with a known extension ({', '.join(FILE_FORMATS)}) in {data_dir}",
+        )
     return found
 
 
@@ -80,6 +85,7 @@ def _select_splits(task: DictConfig, raw: DatasetDict) -> DatasetDict:
     The carve is seeded by ``task.validation_seed`` (not the run seed) so
     that every method and every seed is scored on the same examples.
     """
+
     def pick(key: str) -> datasets.Dataset:
         name = task.get(key)
         if name not in raw:
@@ -92,7 +98,10 @@ def _select_splits(task: DictConfig, raw: DatasetDict) -> DatasetDict:
     else:
         size = task.get("validation_size")
         if not isinstance(size, int) or not 0 < size < len(train):
-            raise ConfigError("task.validation_size", f"must be an integer in (0, {len(train)}) when task.validation_split is null (got {size!r})")
+            raise ConfigError(
+                "task.validation_size",
+                f"must be an integer in (0, {len(train)}) when task.validation_split is null (got {size!r})",
+            )
         carved = train.train_test_split(test_size=size, seed=task.get("validation_seed", 0), shuffle=True)
         train, validation = carved["train"], carved["test"]
     return DatasetDict(train=train, validation=validation, test=pick("test_split"))
@@ -107,8 +116,12 @@ def _normalise_columns(task: DictConfig, splits: DatasetDict) -> DatasetDict:
     for split, data in splits.items():
         for new, old in wanted.items():
             if old not in data.column_names:
-                key = {"text": "task.text_column", "text_pair": "task.text_pair_column", "label": "task.label_column"}[new]
-                raise ConfigError(key, f"column {old!r} not in the {split} data; available: {', '.join(data.column_names)}")
+                key = {"text": "task.text_column", "text_pair": "task.text_pair_column", "label": "task.label_column"}[
+                    new
+                ]
+                raise ConfigError(
+                    key, f"column {old!r} not in the {split} data; available: {', '.join(data.column_names)}"
+                )
         data = data.select_columns(list(wanted.values()))
         data = data.rename_columns({old: new for new, old in wanted.items() if old != new})
         out[split] = _encode_labels(data, label_names, split)
@@ -119,17 +132,25 @@ def _encode_labels(data: datasets.Dataset, label_names: list[str], split: str) -
     feature = data.features["label"]
     if isinstance(feature, ClassLabel):
         if feature.num_classes != len(label_names):
-            raise ConfigError("task.label_names", f"{len(label_names)} names but the {split} data has {feature.num_classes} classes: {', '.join(feature.names)}")
+            raise ConfigError(
+                "task.label_names",
+                f"{len(label_names)} names but the {split} data has {feature.num_classes} classes: {', '.join(feature.names)}",
+            )
         return data
     values = set(data.unique("label"))
     if values <= set(label_names):  # string labels, as in RTE's TSV files
-        return data.map(lambda row: {"label": label_names.index(row["label"])}).cast_column("label", ClassLabel(names=label_names))
+        return data.map(lambda row: {"label": label_names.index(row["label"])}).cast_column(
+            "label", ClassLabel(names=label_names)
+        )
     ids = {int(v) for v in values if str(v).lstrip("-").isdigit()}
     if len(ids) == len(values) and ids <= set(range(len(label_names))):
         data = data.map(lambda row: {"label": int(row["label"])})
         return data.cast_column("label", ClassLabel(names=label_names))
     shown = ", ".join(map(str, sorted(values, key=str)[:10]))
-    raise ConfigError("task.label_names", f"the {split} labels ({shown}) are neither ids below {len(label_names)} nor in {label_names}")
+    raise ConfigError(
+        "task.label_names",
+        f"the {split} labels ({shown}) are neither ids below {len(label_names)} nor in {label_names}",
+    )
 
 
 def load_task(task: DictConfig) -> DatasetDict:

@@ -22,8 +22,17 @@ import torch
 from torch import nn
 
 PACKAGES = (
-    "torch", "transformers", "peft", "trl", "datasets", "evaluate", "accelerate",
-    "hydra-core", "optuna", "pandas", "bitsandbytes",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "evaluate",
+    "accelerate",
+    "hydra-core",
+    "optuna",
+    "pandas",
+    "bitsandbytes",
 )
 RSS_SAMPLE_INTERVAL_S = 0.02
 
@@ -135,7 +144,9 @@ def folder_bytes(folder: Path) -> int:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

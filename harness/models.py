@@ -26,7 +26,7 @@ def resolve_pretrained(pretrained: str) -> str:
     """A path or Hub id that ``from_pretrained`` understands."""
     if not pretrained.startswith(EMBEDDED_SCHEME):
         return str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
-    package, _, subdir = pretrained[len(EMBEDDED_SCHEME):].partition("/")
+    package, _, subdir = pretrained[len(EMBEDDED_SCHEME) :].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("model.pretrained", f"package {package!r} is not installed (run `make setup`)")
@@ -45,7 +45,9 @@ def load_config(model: DictConfig, num_labels: int):
         config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     except OSError as error:
         first = str(error).splitlines()[0]
-        raise ConfigError("model.pretrained", f"cannot load {model.pretrained!r} (offline without a cached copy?): {first}") from None
+        raise ConfigError(
+            "model.pretrained", f"cannot load {model.pretrained!r} (offline without a cached copy?): {first}"
+        ) from None
     overrides = model.get("config_overrides")
     for key, value in (OmegaConf.to_container(overrides) if overrides is not None else {}).items():
         setattr(config, key, value)
@@ -78,8 +80,11 @@ def quantization_config(kind: str | None, skip_modules: list[str]) -> Any:
     if kind == "4bit":
         compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip_modules,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=skip_modules,
         )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
 
@@ -116,6 +121,9 @@ def _load_pretrained(path: str, config, model: DictConfig, quantization: str | N
 
     device_map = ({"": 0} if torch.cuda.is_available() else "cpu") if quantization else None
     return AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, dtype=DTYPES[model.dtype], device_map=device_map,
+        path,
+        config=config,
+        dtype=DTYPES[model.dtype],
+        device_map=device_map,
         quantization_config=quantization_config(quantization, list(model.head_modules)),
     )

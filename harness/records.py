@@ -21,9 +21,26 @@ SCHEMA_VERSION = 1
 # Keys that say where or how to write results, not what the experiment is.
 NON_IDENTITY_KEYS = ("results_dir", "force", "keep_artifacts", "hydra")
 REQUIRED_FIELDS = (
-    "schema_version", "run_id", "status", "error", "model", "task", "method", "budget", "seed",
-    "metrics", "primary_metric", "params", "memory", "time", "compute", "learning_curve",
-    "training", "trained_bytes", "config", "environment",
+    "schema_version",
+    "run_id",
+    "status",
+    "error",
+    "model",
+    "task",
+    "method",
+    "budget",
+    "seed",
+    "metrics",
+    "primary_metric",
+    "params",
+    "memory",
+    "time",
+    "compute",
+    "learning_curve",
+    "training",
+    "trained_bytes",
+    "config",
+    "environment",
 )
 
 

@@ -57,7 +57,9 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     num_labels = len(cfg.task.label_names)
     context = methods.MethodContext(
         head_modules=list(cfg.model.head_modules),
-        adapter_sites=OmegaConf.to_container(cfg.model.adapter_sites) if cfg.model.get("adapter_sites") is not None else {},
+        adapter_sites=OmegaConf.to_container(cfg.model.adapter_sites)
+        if cfg.model.get("adapter_sites") is not None
+        else {},
         total_steps=budget_stage.trainer_max_steps(cfg.budget),
         quantized=quantization_of(cfg) is not None,
     )
@@ -137,7 +139,7 @@ def _save_trained(model, folder: Path) -> int:
 
 def _strip_prefix(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
-    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and not k.endswith(skip)}
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and not k.endswith(skip)}
 
 
 def _base_record(prepared: PreparedRun) -> dict[str, Any]:
@@ -193,25 +195,45 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         val_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
         test_metrics = trainer.evaluate(test, metric_key_prefix="test")
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
-    spent = {**callback.spent(trainer.state), "samples": trainer.samples_trained,
-             "data_order_sha256": trainer.data_order_fingerprint()}
+    spent = {
+        **callback.spent(trainer.state),
+        "samples": trainer.samples_trained,
+        "data_order_sha256": trainer.data_order_fingerprint(),
+    }
     name = record["primary_metric"]["name"]
     record.update(
         metrics={"validation": _strip_prefix(val_metrics, "eval_"), "test": _strip_prefix(test_metrics, "test_")},
-        memory={**memory.as_record(), "device": device.type, "optimizer": cfg.train.optimizer, "precision": precision,
-                "quantization": quantization_of(cfg), "batch_size": cfg.budget.batch_size,
-                "max_seq_length": cfg.budget.max_seq_length},
-        time={"train_seconds": spent["seconds"], "eval_seconds": eval_clock.seconds + spent["eval_seconds_during_training"],
-              "final_eval_seconds": eval_clock.seconds,
-              "train_tokens_per_second": spent["train_tokens"] / spent["seconds"] if spent["seconds"] else None},
+        memory={
+            **memory.as_record(),
+            "device": device.type,
+            "optimizer": cfg.train.optimizer,
+            "precision": precision,
+            "quantization": quantization_of(cfg),
+            "batch_size": cfg.budget.batch_size,
+            "max_seq_length": cfg.budget.max_seq_length,
+        },
+        time={
+            "train_seconds": spent["seconds"],
+            "eval_seconds": eval_clock.seconds + spent["eval_seconds_during_training"],
+            "final_eval_seconds": eval_clock.seconds,
+            "train_tokens_per_second": spent["train_tokens"] / spent["seconds"] if spent["seconds"] else None,
+        },
         compute=spent,
         learning_curve=callback.learning_curve,
         trained_bytes=_save_trained(trainer.model, artifact_dir),
         artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
-        training={"optimizer": cfg.train.optimizer, "learning_rate": cfg.method.lr, "weight_decay": cfg.train.weight_decay,
-                  "lr_scheduler": args.lr_scheduler_type, "warmup_steps": args.warmup_steps,
-                  "max_grad_norm": cfg.train.max_grad_norm, "precision": precision, "batch_size": cfg.budget.batch_size,
-                  "max_seq_length": cfg.budget.max_seq_length, "data_seed": args.data_seed},
+        training={
+            "optimizer": cfg.train.optimizer,
+            "learning_rate": cfg.method.lr,
+            "weight_decay": cfg.train.weight_decay,
+            "lr_scheduler": args.lr_scheduler_type,
+            "warmup_steps": args.warmup_steps,
+            "max_grad_norm": cfg.train.max_grad_norm,
+            "precision": precision,
+            "batch_size": cfg.budget.batch_size,
+            "max_seq_length": cfg.budget.max_seq_length,
+            "data_seed": args.data_seed,
+        },
     )
     record["primary_metric"].update(
         validation=record["metrics"]["validation"].get(name), test=record["metrics"]["test"].get(name)
@@ -225,9 +247,12 @@ def execute(prepared: PreparedRun) -> dict[str, Any]:
     try:
         _train_and_measure(prepared, record, work_dir)
     except Exception as error:  # every failure becomes a record; Ctrl-C (BaseException) writes none
-        record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                      traceback=traceback.format_exc().splitlines()[-TRACEBACK_TAIL_LINES:],
-                      finished_at=datetime.now(timezone.utc).isoformat())
+        record.update(
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            traceback=traceback.format_exc().splitlines()[-TRACEBACK_TAIL_LINES:],
+            finished_at=datetime.now(timezone.utc).isoformat(),
+        )
         records.write_record(prepared.record_path, record)
         raise RunFailed(record["error"]) from error
     finally:

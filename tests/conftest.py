@@ -20,9 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # A 2-step run of the tiny random BERT on a small draw of an embedded task.
 TINY = [
-    "model=tiny_bert", "budget=tiny", "budget.max_steps=2", "budget.eval_steps=1",
-    "budget.batch_size=8", "budget.max_eval_samples=16",
-    "task.generator.n_train=64", "task.generator.n_validation=16", "task.generator.n_test=16",
+    "model=tiny_bert",
+    "budget=tiny",
+    "budget.max_steps=2",
+    "budget.eval_steps=1",
+    "budget.batch_size=8",
+    "budget.max_eval_samples=16",
+    "task.generator.n_train=64",
+    "task.generator.n_validation=16",
+    "task.generator.n_test=16",
 ]
 
 

@@ -41,6 +41,8 @@ def test_wrapped_model_output_is_unchanged_at_initialisation(make_cfg, method, s
 def test_bottleneck_width_follows_reduction_factor(make_cfg):
     cfg = make_cfg(*TINY, "method=adapter_houlsby", "method.reduction_factor=8")
     prepared = prepare(cfg)
-    model = methods.apply_method(models.load_classifier(cfg.model, 2, None, 0), prepared.method_object, prepared.context)
+    model = methods.apply_method(
+        models.load_classifier(cfg.model, 2, None, 0), prepared.method_object, prepared.context
+    )
     widths = {m.adapter.down.out_features for m in model.modules() if isinstance(m, AdaptedLinear)}
     assert widths == {32 // 8}

@@ -43,8 +43,10 @@ def test_spent_tokens_count_only_non_padding(make_cfg):
 
 
 def test_all_methods_see_the_same_batches_in_the_same_order(make_cfg):
-    fingerprints = {m: run_one(make_cfg(*TINY, f"method={m}"))["compute"]["data_order_sha256"]
-                    for m in ("full", "lora", "prefix", "adapter_houlsby")}
+    fingerprints = {
+        m: run_one(make_cfg(*TINY, f"method={m}"))["compute"]["data_order_sha256"]
+        for m in ("full", "lora", "prefix", "adapter_houlsby")
+    }
     assert len(set(fingerprints.values())) == 1, fingerprints
     other_seed = run_one(make_cfg(*TINY, "method=lora", "seed=1"))["compute"]["data_order_sha256"]
     assert other_seed != fingerprints["lora"]
@@ -61,8 +63,9 @@ def test_non_finite_loss_fails_the_run():
 
 
 def test_diverging_run_is_recorded_as_failed(make_cfg):
-    cfg = make_cfg(*TINY, "method=full", "method.lr=1e30", "train.max_grad_norm=1e30",
-                   "budget.max_steps=4", "budget.eval_steps=1")
+    cfg = make_cfg(
+        *TINY, "method=full", "method.lr=1e30", "train.max_grad_norm=1e30", "budget.max_steps=4", "budget.eval_steps=1"
+    )
     with pytest.raises(SystemExit):
         run_one(cfg)
     failed = records.read_record(records.record_path(cfg.results_dir, records.run_id(cfg)))

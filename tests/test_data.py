@@ -22,7 +22,7 @@ def test_embedded_tasks_are_deterministic_sized_balanced_and_disjoint(generator)
     for split in first:
         assert first[split].to_dict() == second[split].to_dict()
     text_columns = [c for c in first["train"].column_names if c != "label"]
-    keys = {s: set(zip(*[first[s][c] for c in text_columns])) for s in first}
+    keys = {s: set(zip(*[first[s][c] for c in text_columns], strict=True)) for s in first}
     assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"]
     counts = Counter(first["train"]["label"])
     assert abs(counts[0] - counts[1]) < 0.1 * len(first["train"])
@@ -33,14 +33,16 @@ def test_label_noise_flips_the_requested_fraction():
     clean = synthetic.sentiment(label_noise=0.0)
     noisy = synthetic.sentiment(label_noise=0.2)
     assert clean["train"]["text"] == noisy["train"]["text"]  # noise never changes which texts exist
-    flipped = sum(a != b for a, b in zip(clean["train"]["label"], noisy["train"]["label"]))
+    flipped = sum(a != b for a, b in zip(clean["train"]["label"], noisy["train"]["label"], strict=True))
     assert 0.17 < flipped / len(clean["train"]) < 0.23
 
 
 def test_no_single_word_gives_the_sentiment_label_away():
     data = synthetic.sentiment(label_noise=0.0)["train"]
     for word in ["great", "terrible", "not", "but", "although"]:
-        labels = [label for text, label in zip(data["text"], data["label"]) if re.search(rf"\b{word}\b", text)]
+        labels = [
+            label for text, label in zip(data["text"], data["label"], strict=True) if re.search(rf"\b{word}\b", text)
+        ]
         assert len(labels) > 100, word
         share = sum(labels) / len(labels)
         assert 0.2 < share < 0.8, f"{word!r} predicts the label ({share:.2f} positive)"
@@ -70,8 +72,12 @@ def test_validation_carve_is_the_same_for_every_run_seed(make_cfg, tmp_path):
     rows = [(f"sentence {i}", i % 2) for i in range(50)]
     _write_glue_like(tmp_path / "sst", rows, ["sentence", "label"], "train.tsv")
     _write_glue_like(tmp_path / "sst", rows[:5], ["sentence", "label"], "dev.tsv")
-    carve = [load_task(make_cfg("task=sst2", f"task.data_dir={tmp_path / 'sst'}", "task.validation_size=10",
-                                f"seed={seed}").task)["validation"]["text"] for seed in (0, 1)]
+    carve = [
+        load_task(
+            make_cfg("task=sst2", f"task.data_dir={tmp_path / 'sst'}", "task.validation_size=10", f"seed={seed}").task
+        )["validation"]["text"]
+        for seed in (0, 1)
+    ]
     assert carve[0] == carve[1]
 
 
@@ -81,8 +87,13 @@ def test_local_json_files_by_split(make_cfg, tmp_path):
             for i in range(n):
                 out.write(json.dumps({"review": f"text {i}", "stars": i % 2}) + "\n")
     files = "{" + ",".join(f"{s}:{tmp_path / s}.jsonl" for s in ("train", "validation", "test")) + "}"
-    cfg = make_cfg("task=toy_sentiment", "task.generator=null", f"task.data_files={files}",
-                   "task.text_column=review", "task.label_column=stars")
+    cfg = make_cfg(
+        "task=toy_sentiment",
+        "task.generator=null",
+        f"task.data_files={files}",
+        "task.text_column=review",
+        "task.label_column=stars",
+    )
     splits = load_task(cfg.task)
     assert len(splits["validation"]) == 6 and splits["train"].features["label"].names == ["negative", "positive"]
 
@@ -97,8 +108,9 @@ def test_labels_outside_label_names_are_rejected(make_cfg, tmp_path):
 
 
 def test_tokenize_pairs_without_padding(make_cfg):
-    cfg = make_cfg("task=toy_entailment", "task.generator.n_train=8", "task.generator.n_validation=4",
-                   "task.generator.n_test=4")
+    cfg = make_cfg(
+        "task=toy_entailment", "task.generator.n_train=8", "task.generator.n_validation=4", "task.generator.n_test=4"
+    )
     tokenized = tokenize(load_task(cfg.task), load_tokenizer(cfg.model), max_length=64)
     row = tokenized["train"][0]
     assert set(row) >= {"input_ids", "attention_mask", "token_type_ids", "label"}
@@ -108,7 +120,13 @@ def test_tokenize_pairs_without_padding(make_cfg):
 
 # The real GLUE files in ../shared/data, when this checkout has them. Either
 # the original distribution (TSV) or the Hub's export; folder names vary.
-GLUE_FOLDER_NAMES = {"sst2": ("sst2", "sst-2"), "rte": ("rte",), "qnli": ("qnli",), "mrpc": ("mrpc",), "cola": ("cola",)}
+GLUE_FOLDER_NAMES = {
+    "sst2": ("sst2", "sst-2"),
+    "rte": ("rte",),
+    "qnli": ("qnli",),
+    "mrpc": ("mrpc",),
+    "cola": ("cola",),
+}
 
 
 def _glue_folder(task: str):

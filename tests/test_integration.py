@@ -12,8 +12,14 @@ from conftest import REPO
 
 from harness.cli import run_one
 
-FEW_STEPS = ["model=minilm", "budget=tiny", "budget.max_steps=4", "budget.eval_steps=2",
-             "budget.batch_size=8", "budget.max_eval_samples=32"]
+FEW_STEPS = [
+    "model=minilm",
+    "budget=tiny",
+    "budget.max_steps=4",
+    "budget.eval_steps=2",
+    "budget.batch_size=8",
+    "budget.max_eval_samples=32",
+]
 
 
 @pytest.mark.parametrize("task", ["toy_sentiment", "toy_entailment"])

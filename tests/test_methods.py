@@ -32,8 +32,25 @@ def test_every_method_trains_two_steps_and_writes_a_valid_record(make_cfg, metho
 
 
 def test_methods_cover_the_issue_list():
-    wanted = {"full", "head", "bitfit", "lora", "dora", "qlora", "adalora", "ia3", "loha", "lokr", "vera",
-              "prefix", "prompt", "ptuning", "ln_tuning", "adapter_houlsby", "adapter_pfeiffer"}
+    wanted = {
+        "full",
+        "head",
+        "bitfit",
+        "lora",
+        "dora",
+        "qlora",
+        "adalora",
+        "ia3",
+        "loha",
+        "lokr",
+        "vera",
+        "prefix",
+        "prompt",
+        "ptuning",
+        "ln_tuning",
+        "adapter_houlsby",
+        "adapter_pfeiffer",
+    }
     assert wanted <= set(ALL_METHODS)
 
 
@@ -75,7 +92,9 @@ def test_lora_on_roberta_base_matches_the_lora_paper_closed_form():
 
 
 def test_trainable_counts_order_head_bitfit_lora_full(make_cfg):
-    counts = {m: count_parameters(_wrapped(make_cfg(*TINY, f"method={m}")))[0] for m in ("head", "bitfit", "lora", "full")}
+    counts = {
+        m: count_parameters(_wrapped(make_cfg(*TINY, f"method={m}")))[0] for m in ("head", "bitfit", "lora", "full")
+    }
     assert counts["head"] < counts["bitfit"] < counts["lora"] < counts["full"]
 
 

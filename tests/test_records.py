@@ -24,7 +24,12 @@ def test_record_schema(make_cfg):
     assert records.missing_fields(record) == []
     assert record["schema_version"] == records.SCHEMA_VERSION
     assert (record["model"], record["task"], record["method"], record["budget"], record["seed"]) == (
-        "tiny_bert", "toy_sentiment", "lora", "tiny", 0)
+        "tiny_bert",
+        "toy_sentiment",
+        "lora",
+        "tiny",
+        0,
+    )
     assert record["primary_metric"]["name"] == "accuracy" and record["primary_metric"]["higher_is_better"] is True
     assert set(record["metrics"]) == {"validation", "test"}
     assert record["memory"]["source"] == "process_rss_sampled_20ms"
@@ -117,5 +122,7 @@ def test_every_evaluation_example_is_scored(make_cfg, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(cls, "compute_metrics_for", counting)
-    run_one(make_cfg(*TINY, "task.generator.n_validation=13", "task.generator.n_test=13", "budget.max_eval_samples=null"))
+    run_one(
+        make_cfg(*TINY, "task.generator.n_validation=13", "task.generator.n_test=13", "budget.max_eval_samples=null")
+    )
     assert set(seen) == {13}

@@ -54,7 +54,11 @@ def _error(make_cfg, *overrides: str) -> ConfigError:
         (["budget.max_steps=0"], "budget.max_steps", "positive"),
         (["budget.batch_size=0"], "budget.batch_size", "positive integer"),
         (["task.text_column=sentence"], "task.text_column", "available: text, label"),
-        (["task=toy_entailment", "task.text_pair_column=hypo"], "task.text_pair_column", "available: premise, hypothesis, label"),
+        (
+            ["task=toy_entailment", "task.text_pair_column=hypo"],
+            "task.text_pair_column",
+            "available: premise, hypothesis, label",
+        ),
         (["task.primary_metric=f2"], "task.primary_metric", "allowed: accuracy"),
         (["task.metrics=[{name: bleu, higher_is_better: true}]"], "task.metrics[0].name", "allowed: accuracy, f1"),
         (["train.precision=fp8"], "train.precision", "allowed: auto, fp32, bf16, fp16"),

@@ -8,7 +8,9 @@ import numpy as np
 class F1(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description="predictions, references: int class ids",
+            description=__doc__,
+            citation="",
+            inputs_description="predictions, references: int class ids",
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 

@@ -14,8 +14,20 @@ import pandas as pd
 from harness.records import load_records
 
 COLUMNS = [
-    "task", "budget", "method", "seed", "status", "metric", "validation", "test",
-    "trainable", "trainable_%", "peak_mem_mib", "train_s", "tokens_per_s", "trained_kib",
+    "task",
+    "budget",
+    "method",
+    "seed",
+    "status",
+    "metric",
+    "validation",
+    "test",
+    "trainable",
+    "trainable_%",
+    "peak_mem_mib",
+    "train_s",
+    "tokens_per_s",
+    "trained_kib",
 ]
 
 
@@ -25,16 +37,26 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     for r in records:
         primary, params = r.get("primary_metric") or {}, r.get("params") or {}
         memory, time_ = r.get("memory") or {}, r.get("time") or {}
-        rows.append({
-            "run_id": r.get("run_id"), "task": r.get("task"), "budget": r.get("budget"),
-            "method": r.get("method"), "seed": r.get("seed"), "status": r.get("status"),
-            "metric": primary.get("name"), "validation": primary.get("validation"), "test": primary.get("test"),
-            "trainable": params.get("trainable"), "trainable_%": params.get("trainable_percent"),
-            "peak_mem_mib": (memory.get("peak_above_baseline_bytes") or 0) / 2**20 if memory else None,
-            "train_s": time_.get("train_seconds"), "tokens_per_s": time_.get("train_tokens_per_second"),
-            "trained_kib": (r.get("trained_bytes") or 0) / 1024 if r.get("trained_bytes") else None,
-            "error": r.get("error"),
-        })
+        rows.append(
+            {
+                "run_id": r.get("run_id"),
+                "task": r.get("task"),
+                "budget": r.get("budget"),
+                "method": r.get("method"),
+                "seed": r.get("seed"),
+                "status": r.get("status"),
+                "metric": primary.get("name"),
+                "validation": primary.get("validation"),
+                "test": primary.get("test"),
+                "trainable": params.get("trainable"),
+                "trainable_%": params.get("trainable_percent"),
+                "peak_mem_mib": (memory.get("peak_above_baseline_bytes") or 0) / 2**20 if memory else None,
+                "train_s": time_.get("train_seconds"),
+                "tokens_per_s": time_.get("train_tokens_per_second"),
+                "trained_kib": (r.get("trained_bytes") or 0) / 1024 if r.get("trained_bytes") else None,
+                "error": r.get("error"),
+            }
+        )
     return pd.DataFrame(rows, columns=["run_id", *COLUMNS, "error"])
 
 

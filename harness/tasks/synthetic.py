@@ -22,22 +22,65 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 SPLIT_NAMES = ("train", "validation", "test")
 
 PRODUCTS = [
-    "the phone", "this blender", "the hotel room", "the laptop", "this jacket",
-    "the restaurant", "the headphones", "this novel", "the camera", "the sofa",
-    "the rental car", "this backpack", "the coffee maker", "the tent", "the app",
+    "the phone",
+    "this blender",
+    "the hotel room",
+    "the laptop",
+    "this jacket",
+    "the restaurant",
+    "the headphones",
+    "this novel",
+    "the camera",
+    "the sofa",
+    "the rental car",
+    "this backpack",
+    "the coffee maker",
+    "the tent",
+    "the app",
 ]
 ASPECTS = [
-    "the battery life", "the screen", "the customer service", "the price",
-    "the build quality", "the design", "the delivery", "the sound", "the size",
-    "the manual", "the staff", "the food", "the comfort", "the software",
+    "the battery life",
+    "the screen",
+    "the customer service",
+    "the price",
+    "the build quality",
+    "the design",
+    "the delivery",
+    "the sound",
+    "the size",
+    "the manual",
+    "the staff",
+    "the food",
+    "the comfort",
+    "the software",
 ]
 POSITIVE = [
-    "great", "excellent", "reliable", "pleasant", "impressive", "solid",
-    "wonderful", "good", "fantastic", "sturdy", "helpful", "smooth",
+    "great",
+    "excellent",
+    "reliable",
+    "pleasant",
+    "impressive",
+    "solid",
+    "wonderful",
+    "good",
+    "fantastic",
+    "sturdy",
+    "helpful",
+    "smooth",
 ]
 NEGATIVE = [
-    "terrible", "awful", "flimsy", "disappointing", "poor", "bad",
-    "unreliable", "annoying", "broken", "slow", "useless", "mediocre",
+    "terrible",
+    "awful",
+    "flimsy",
+    "disappointing",
+    "poor",
+    "bad",
+    "unreliable",
+    "annoying",
+    "broken",
+    "slow",
+    "useless",
+    "mediocre",
 ]
 INTENSIFIERS = ["", "", "really ", "very ", "quite ", "extremely ", "somewhat "]
 NEGATIONS = ["not ", "never ", "hardly ", "far from "]
@@ -45,8 +88,14 @@ NEGATIONS = ["not ", "never ", "hardly ", "far from "]
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
 OBJECTS = ["ball", "cube", "cup", "book", "key", "box", "lamp", "hat", "shoe", "pen"]
 PLACES = [
-    "on the table", "under the bed", "in the drawer", "on the shelf",
-    "next to the door", "in the garden", "behind the sofa", "in the car",
+    "on the table",
+    "under the bed",
+    "in the drawer",
+    "on the shelf",
+    "next to the door",
+    "in the garden",
+    "behind the sofa",
+    "in the car",
 ]
 
 
@@ -93,7 +142,7 @@ def _scene(rng: random.Random) -> tuple[str, str, int]:
     """
     n = rng.choice([2, 3])
     colors, objects, places = rng.sample(COLORS, n + 1), rng.sample(OBJECTS, n), rng.sample(PLACES, n + 1)
-    facts = [f"the {c} {o} is {p}" for c, o, p in zip(colors, objects, places)]
+    facts = [f"the {c} {o} is {p}" for c, o, p in zip(colors, objects, places, strict=False)]
     premise = ", ".join(facts[:-1]) + " and " + facts[-1] + "."
     premise = premise[0].upper() + premise[1:]
     i = rng.randrange(n)
@@ -109,7 +158,7 @@ def _scene(rng: random.Random) -> tuple[str, str, int]:
 
 
 def _split_sizes(n_train: int, n_validation: int, n_test: int) -> dict[str, int]:
-    sizes = dict(zip(SPLIT_NAMES, (n_train, n_validation, n_test)))
+    sizes = dict(zip(SPLIT_NAMES, (n_train, n_validation, n_test), strict=True))
     for split, size in sizes.items():
         if size <= 0:
             raise ValueError(f"task.generator.n_{split} must be a positive integer (got {size})")
@@ -149,17 +198,18 @@ def _generate(
     for split, size in sizes.items():
         chunk = rows[start : start + size]
         start += size
-        labels = [
-            1 - label if noise_rng.random() < label_noise else label for *_, label in chunk
-        ]
+        labels = [1 - label if noise_rng.random() < label_noise else label for *_, label in chunk]
         data = {c: [row[j] for row in chunk] for j, c in enumerate(columns)}
         splits[split] = Dataset.from_dict({**data, "label": labels}, features=features)
     return DatasetDict(splits)
 
 
 def sentiment(
-    n_train: int = 4000, n_validation: int = 500, n_test: int = 500,
-    label_noise: float = 0.05, seed: int = 1234,
+    n_train: int = 4000,
+    n_validation: int = 500,
+    n_test: int = 500,
+    label_noise: float = 0.05,
+    seed: int = 1234,
 ) -> DatasetDict:
     """Binary review sentiment with negation and contrastive clauses (column ``text``)."""
     sizes = _split_sizes(n_train, n_validation, n_test)
@@ -167,11 +217,12 @@ def sentiment(
 
 
 def entailment(
-    n_train: int = 4000, n_validation: int = 500, n_test: int = 500,
-    label_noise: float = 0.05, seed: int = 4321,
+    n_train: int = 4000,
+    n_validation: int = 500,
+    n_test: int = 500,
+    label_noise: float = 0.05,
+    seed: int = 4321,
 ) -> DatasetDict:
     """Sentence-pair entailment over object/colour/place bindings (``premise``, ``hypothesis``)."""
     sizes = _split_sizes(n_train, n_validation, n_test)
-    return _generate(
-        _scene, ["premise", "hypothesis"], ["not_entailment", "entailment"], sizes, label_noise, seed
-    )
+    return _generate(_scene, ["premise", "hypothesis"], ["not_entailment", "entailment"], sizes, label_noise, seed)
