@@ -76,7 +76,13 @@ def _load_raw(task: DictConfig) -> DatasetDict:
         return _load_files(task)
     if task.get("generator"):
         return instantiate(task.generator)
-    return datasets.load_dataset(task.hub_id, task.get("hub_config"))
+    try:
+        return datasets.load_dataset(task.hub_id, task.get("hub_config"))
+    except Exception as error:  # offline without a cached copy, unknown id, ...
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(
+            "task.hub_id", f"cannot load {task.hub_id!r} (offline? use task.data_dir=... for local files): {first}"
+        ) from None
 
 
 def _select_splits(task: DictConfig, raw: DatasetDict) -> DatasetDict:

@@ -27,9 +27,9 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(models, "load_classifier", refuse)
 
 
-def _error(make_cfg, *overrides: str) -> ConfigError:
+def _error(make_cfg, *overrides: str, base: tuple[str, ...] = tuple(TINY)) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        prepare(make_cfg(*TINY, *overrides))
+        prepare(make_cfg(*base, *overrides))
     message = str(caught.value)
     assert "\n" not in message
     return caught.value
@@ -113,3 +113,13 @@ def test_cli_bad_rank_is_one_line_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: method.r: must be a positive integer (got 0)"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_hub_task_offline_without_local_files_is_one_line(make_cfg):
+    error = _error(make_cfg, "task=sst2", base=())
+    assert error.key == "task.hub_id" and "task.data_dir" in str(error)
+
+
+def test_hub_model_offline_is_one_line(make_cfg):
+    error = _error(make_cfg, "model=roberta_base")
+    assert error.key == "model.pretrained" and "FacebookAI/roberta-base" in str(error)
