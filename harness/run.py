@@ -170,71 +170,89 @@ def _base_record(prepared: PreparedRun) -> dict[str, Any]:
     }
 
 
-def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path) -> None:
+@dataclass
+class FittedRun:
+    """A trained model with what was measured while training and evaluating it."""
+
+    trainer: Any
+    budget: budget_stage.BudgetCallback
+    memory: measure.PeakMemory
+    eval_clock: measure.Stopwatch
+    validation_metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+
+
+def _fit(
+    prepared: PreparedRun, record: dict[str, Any], work_dir: Path, device: torch.device, precision: str
+) -> FittedRun:
+    """Load, wrap, train under the budget, evaluate; parameters are counted before training."""
     from harness.objectives import cls
 
-    cfg, device = prepared.cfg, _device()
-    precision = _precision(cfg.train.precision, device)
-    record["environment"] = measure.environment(device)
+    cfg = prepared.cfg
     tokenizer = models.load_tokenizer(cfg.model)
     tokenized = data.tokenize(prepared.splits, tokenizer, cfg.budget.max_seq_length)
     validation = data.cap_eval(tokenized["validation"], cfg.budget.get("max_eval_samples"))
     test = data.cap_eval(tokenized["test"], cfg.budget.get("max_eval_samples"))
-
     model = models.load_classifier(cfg.model, len(cfg.task.label_names), quantization_of(cfg), cfg.seed)
     model = methods.apply_method(model, prepared.method_object, prepared.context)
     trainable, total = measure.count_parameters(model)
     record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
-
     callback = budget_stage.BudgetCallback(cfg.budget)
     args = training_arguments(cfg, str(work_dir / "trainer"), precision, device)
     trainer = cls.build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback])
     with measure.PeakMemory(device) as memory:
         trainer.train()
     with measure.Stopwatch(device) as eval_clock:
-        val_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
+        validation_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
         test_metrics = trainer.evaluate(test, metric_key_prefix="test")
-    artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
+    return FittedRun(trainer, callback, memory, eval_clock, validation_metrics, test_metrics)
+
+
+def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path) -> None:
+    cfg, device = prepared.cfg, _device()
+    precision = _precision(cfg.train.precision, device)
+    record["environment"] = measure.environment(device)
+    fitted = _fit(prepared, record, work_dir, device, precision)
+    trainer, args = fitted.trainer, fitted.trainer.args
     spent = {
-        **callback.spent(trainer.state),
+        **fitted.budget.spent(trainer.state),
         "samples": trainer.samples_trained,
         "data_order_sha256": trainer.data_order_fingerprint(),
     }
-    name = record["primary_metric"]["name"]
+    artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
+    settings = {
+        "optimizer": cfg.train.optimizer,
+        "precision": precision,
+        "batch_size": cfg.budget.batch_size,
+        "max_seq_length": cfg.budget.max_seq_length,
+    }
     record.update(
-        metrics={"validation": _strip_prefix(val_metrics, "eval_"), "test": _strip_prefix(test_metrics, "test_")},
-        memory={
-            **memory.as_record(),
-            "device": device.type,
-            "optimizer": cfg.train.optimizer,
-            "precision": precision,
-            "quantization": quantization_of(cfg),
-            "batch_size": cfg.budget.batch_size,
-            "max_seq_length": cfg.budget.max_seq_length,
+        metrics={
+            "validation": _strip_prefix(fitted.validation_metrics, "eval_"),
+            "test": _strip_prefix(fitted.test_metrics, "test_"),
         },
+        memory={**fitted.memory.as_record(), "device": device.type, "quantization": quantization_of(cfg), **settings},
         time={
             "train_seconds": spent["seconds"],
-            "eval_seconds": eval_clock.seconds + spent["eval_seconds_during_training"],
-            "final_eval_seconds": eval_clock.seconds,
+            "eval_seconds": fitted.eval_clock.seconds + spent["eval_seconds_during_training"],
+            "final_eval_seconds": fitted.eval_clock.seconds,
             "train_tokens_per_second": spent["train_tokens"] / spent["seconds"] if spent["seconds"] else None,
         },
         compute=spent,
-        learning_curve=callback.learning_curve,
+        learning_curve=fitted.budget.learning_curve,
         trained_bytes=_save_trained(trainer.model, artifact_dir),
         artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
         training={
-            "optimizer": cfg.train.optimizer,
+            **settings,
             "learning_rate": cfg.method.lr,
             "weight_decay": cfg.train.weight_decay,
             "lr_scheduler": args.lr_scheduler_type,
             "warmup_steps": args.warmup_steps,
             "max_grad_norm": cfg.train.max_grad_norm,
-            "precision": precision,
-            "batch_size": cfg.budget.batch_size,
-            "max_seq_length": cfg.budget.max_seq_length,
             "data_seed": args.data_seed,
         },
     )
+    name = record["primary_metric"]["name"]
     record["primary_metric"].update(
         validation=record["metrics"]["validation"].get(name), test=record["metrics"]["test"].get(name)
     )

@@ -1,18 +1,14 @@
 """Accuracy: fraction of predictions equal to the reference label."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from ._classification import classification_info
 
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description="predictions, references: int class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return classification_info(__doc__)
 
     def _compute(self, predictions, references):
         return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))}

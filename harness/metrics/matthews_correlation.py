@@ -1,18 +1,14 @@
 """Matthews correlation coefficient (multiclass form of Gorodkin, 2004), GLUE's CoLA metric."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from ._classification import classification_info
 
 
 class MatthewsCorrelation(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description="predictions, references: int class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return classification_info(__doc__)
 
     def _compute(self, predictions, references):
         predicted, actual = np.asarray(predictions), np.asarray(references)

@@ -134,22 +134,25 @@ def _review(rng: random.Random) -> tuple[str, int]:
 
 
 def _scene(rng: random.Random) -> tuple[str, str, int]:
-    """Premise describing two or three objects, hypothesis about one; 1 if entailed.
+    """Premise describing one to three objects, hypothesis about one; 1 if entailed.
 
-    Half the wrong hypotheses use a colour or place absent from the premise
-    (word overlap gives them away); the other half borrow another object's
-    colour or place, so only binding attributes to objects solves them.
+    Difficulty is graded so that a short budget separates methods: half the
+    wrong hypotheses use a colour or place absent from the premise (word
+    overlap gives them away, as it does for every one-object premise); the
+    other half borrow another object's colour or place, so only binding
+    attributes to objects solves them.
     """
-    n = rng.choice([2, 3])
+    n = rng.choice([1, 2, 3])
     colors, objects, places = rng.sample(COLORS, n + 1), rng.sample(OBJECTS, n), rng.sample(PLACES, n + 1)
     facts = [f"the {c} {o} is {p}" for c, o, p in zip(colors, objects, places, strict=False)]
-    premise = ", ".join(facts[:-1]) + " and " + facts[-1] + "."
+    premise = (", ".join(facts[:-1]) + " and " if n > 1 else "") + facts[-1] + "."
     premise = premise[0].upper() + premise[1:]
     i = rng.randrange(n)
     entailed = rng.random() < 0.5
     color, place = colors[i], places[i]
     if not entailed:
-        other = n if rng.random() < 0.5 else (i + rng.randrange(1, n)) % n  # index n: not in the premise
+        absent = n == 1 or rng.random() < 0.5
+        other = n if absent else (i + rng.randrange(1, n)) % n  # index n: not in the premise
         if rng.random() < 0.5:
             color = colors[other]
         else:
