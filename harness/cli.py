@@ -31,6 +31,7 @@ def _quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 

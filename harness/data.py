@@ -10,10 +10,12 @@ ConfigErrors, before any model is loaded.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas as pd
 from datasets import ClassLabel, DatasetDict
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -179,3 +181,16 @@ def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
 def cap_eval(split: datasets.Dataset, max_samples: int | None) -> datasets.Dataset:
     """The first max_samples examples: the same subset for every method."""
     return split if max_samples is None or len(split) <= max_samples else split.select(range(max_samples))
+
+
+def fingerprint(splits: DatasetDict) -> dict[str, str]:
+    """SHA-256 of each split's rows, so records can prove two runs saw identical data.
+
+    The run_id hashes the config; this hashes the content, which also changes
+    when a generator, a Hub revision or a local file changes under the same config.
+    """
+    digests = {}
+    for name, split in splits.items():
+        rows = pd.util.hash_pandas_object(split.to_pandas(), index=False).to_numpy()
+        digests[name] = hashlib.sha256(rows.tobytes()).hexdigest()
+    return digests

@@ -7,6 +7,9 @@ measurement lives.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import platform
 import subprocess
@@ -63,6 +66,21 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by earlier work back to the OS before a baseline is taken.
+
+    glibc keeps freed heap pages resident, so in a multirun (several runs in
+    one process) the RSS left behind by a previous, larger run would inflate
+    the next run's baseline and hide its peak. ``malloc_trim(0)`` returns them.
+    """
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and platform.system() == "Linux":
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory of a block of work, above the memory in use when it starts.
 
@@ -89,6 +107,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline_bytes = torch.cuda.memory_allocated(self.device)
         else:
+            release_freed_memory()
             process = psutil.Process()
             self.baseline_bytes = self.peak_bytes = process.memory_info().rss
             self._thread = threading.Thread(target=self._sample, args=(process,), daemon=True)

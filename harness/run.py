@@ -165,6 +165,7 @@ def _base_record(prepared: PreparedRun) -> dict[str, Any]:
         "compute": {},
         "learning_curve": [],
         "training": {},
+        "data_sha256": data.fingerprint(prepared.splits),
         "config": records.identity_config(cfg),
         "environment": {},
     }

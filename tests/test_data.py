@@ -146,3 +146,19 @@ def test_real_glue_files_load_through_the_task_spec(make_cfg, task):
     splits = load_task(make_cfg(f"task={task}", f"task.data_dir={folder}").task)
     assert len(splits["train"]) > 1000 and len(splits["test"]) > 100
     assert set(splits["train"]["label"]) == {0, 1}
+
+
+def test_fingerprint_changes_with_content_not_with_reloading(make_cfg):
+    from harness.data import fingerprint
+
+    cfg = make_cfg("task.generator.n_train=50", "task.generator.n_validation=10", "task.generator.n_test=10")
+    same = fingerprint(load_task(cfg.task)), fingerprint(load_task(cfg.task))
+    assert same[0] == same[1] and set(same[0]) == {"train", "validation", "test"}
+    noisier = make_cfg(
+        "task.generator.n_train=50",
+        "task.generator.n_validation=10",
+        "task.generator.n_test=10",
+        "task.generator.label_noise=0.3",
+    )
+    changed = fingerprint(load_task(noisier.task))
+    assert changed["train"] != same[0]["train"]

@@ -53,3 +53,10 @@ def test_full_fine_tuning_beats_untrained_head_by_15_points_below_ceiling(make_c
     trained = record["primary_metric"]["validation"]
     assert trained - untrained >= 0.15
     assert trained <= 0.97
+
+
+def test_earlier_run_in_the_same_process_does_not_hide_the_next_runs_peak(make_cfg):
+    """A multirun trains several models in one process: full first, then LoRA."""
+    run_one(make_cfg(*FEW_STEPS, "method=full"))
+    lora = run_one(make_cfg(*FEW_STEPS, "method=lora"))
+    assert lora["memory"]["peak_above_baseline_bytes"] > 20 * 2**20
