@@ -103,3 +103,10 @@ def test_head_trains_in_every_method(make_cfg):
         model = _wrapped(make_cfg(*TINY, f"method={method}"))
         head = [n for n, p in model.named_parameters() if "classifier" in n and p.requires_grad]
         assert head, f"{method}: classifier is frozen"
+
+
+def test_8bit_base_with_lora_trains(make_cfg):
+    record = run_one(make_cfg(*TINY, "method=lora", "model.quantization=8bit"))
+    assert record["status"] == "success" and record["memory"]["quantization"] == "8bit"
+    model = _wrapped(make_cfg(*TINY, "method=lora", "model.quantization=8bit"))
+    assert any(p.__class__.__name__ == "Int8Params" for p in model.parameters())
