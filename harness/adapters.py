@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.config import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -61,12 +63,11 @@ class BottleneckAdapterConfig:
     def check(self, context) -> None:
         """Config-only checks, run before the model loads."""
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"method.activation: got {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+            raise ConfigError("method.activation", f"got {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         unknown = [s for s in self.sites if s not in context.adapter_sites]
         if unknown:
-            raise ValueError(
-                f"method.sites: {unknown[0]!r} unknown; this model defines: {', '.join(context.adapter_sites)}"
-            )
+            defined = ", ".join(context.adapter_sites)
+            raise ConfigError("method.sites", f"{unknown[0]!r} unknown; this model defines: {defined}")
 
     def apply(self, model: nn.Module, context) -> nn.Module:
         self.check(context)
@@ -77,7 +78,7 @@ class BottleneckAdapterConfig:
             if isinstance(module, nn.Linear) and any(p.search(name) for p in patterns)
         ]
         if not targets:
-            raise ValueError(f"method.sites: {self.sites} match no linear layer of this model")
+            raise ConfigError("method.sites", f"{self.sites} match no linear layer of this model")
         model.requires_grad_(False)
         for name, linear in targets:
             parent_name, _, child = name.rpartition(".")

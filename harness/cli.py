@@ -51,7 +51,7 @@ def _summary(record: dict) -> str:
 
 
 def run_one(cfg: DictConfig) -> dict | None:
-    """Skip if done, validate, train; returns the record (None when skipped or failed)."""
+    """Skip if done, validate, train; returns the record (the earlier one when skipped, None when failed)."""
     from harness import records
     from harness.config import ConfigError
     from harness.run import RunFailed, execute, prepare

@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
 
-SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Names a split's file may have in a data_dir (GLUE ships dev.tsv for validation).
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "val"), "test": ("test",)}

@@ -93,13 +93,9 @@ def is_peft_model(model: nn.Module) -> bool:
 
 
 def check_method(method_object: Any, context: MethodContext) -> None:
-    """Run the method's own config checks (those that need no model)."""
+    """Run the method's own config checks (those that need no model); they raise ConfigError."""
     if hasattr(method_object, "check"):
-        try:
-            method_object.check(context)
-        except ValueError as error:
-            key, _, problem = str(error).partition(": ")
-            raise ConfigError(key, problem) from None
+        method_object.check(context)
 
 
 def _peft_config_for_run(config: Any, context: MethodContext) -> Any:
@@ -132,11 +128,11 @@ def _expose_legacy_cache_kwarg(model: nn.Module) -> None:
     def forward(*args, past_key_values=None, **kwargs):
         return original(*args, cache=past_key_values, **kwargs)
 
-    forward.__signature__ = inspect.signature(original).replace(
-        parameters=[*parameters.values()][:-1]
-        + [inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)]
-        + [[*parameters.values()][-1]]
-    )
+    signature = [*parameters.values()]
+    legacy = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)
+    has_var_keyword = signature and signature[-1].kind is inspect.Parameter.VAR_KEYWORD
+    signature.insert(len(signature) - 1 if has_var_keyword else len(signature), legacy)
+    forward.__signature__ = inspect.signature(original).replace(parameters=signature)
     backbone.forward = forward
 
 

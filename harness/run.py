@@ -9,7 +9,6 @@ written is lost.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 import traceback
@@ -26,7 +25,6 @@ from harness import budget as budget_stage
 from harness import data, measure, methods, models, records
 from harness.config import check_target_modules, validate
 
-log = logging.getLogger(__name__)
 TRACEBACK_TAIL_LINES = 30
 
 
