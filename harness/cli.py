@@ -53,8 +53,7 @@ def _summary(record: dict) -> str:
 def run_one(cfg: DictConfig) -> dict | None:
     """Skip if done, validate, train; returns the record (the earlier one when skipped, None when failed)."""
     from harness import records
-    from harness.config import ConfigError
-    from harness.run import RunFailed, execute, prepare
+    from harness.config import ConfigError, validate
 
     try:
         rid = records.run_id(cfg)
@@ -64,7 +63,10 @@ def run_one(cfg: DictConfig) -> dict | None:
     if not cfg.force and records.is_done(cfg.results_dir, rid):
         log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
         return records.read_record(path)
+    validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     _quiet_libraries()
+    from harness.run import RunFailed, execute, prepare
+
     prepared = prepare(cfg)
     try:
         record = execute(prepared)
