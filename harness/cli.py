@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def _quiet_libraries() -> None:
     """Keep the console to the harness's own lines; records hold the details."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT calls transformers APIs that transformers 5 deprecates; not actionable by users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     import datasets
     import transformers
 
