@@ -1,0 +1,46 @@
+"""Hydra multiruns: a grid completes, reruns skip, one failure does not stop the sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, TINY
+
+from harness import records
+
+
+def _multirun(results_dir, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "harness.cli", "-m", *TINY, *overrides, f"results_dir={results_dir}"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _records(results_dir) -> dict[str, dict]:
+    return {r["run_id"]: r for r in records.load_records(results_dir)}
+
+
+def test_grid_completes_and_a_second_invocation_trains_nothing(tmp_path):
+    first = _multirun(tmp_path, "method=lora,ia3", "seed=0,1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = _records(tmp_path)
+    assert len(done) == 4 and {r["status"] for r in done.values()} == {"success"}
+    assert {(r["method"], r["seed"]) for r in done.values()} == {("lora", 0), ("lora", 1), ("ia3", 0), ("ia3", 1)}
+
+    second = _multirun(tmp_path, "method=lora,ia3", "seed=0,1")
+    assert second.returncode == 0
+    assert second.stderr.count("already succeeded") + second.stdout.count("already succeeded") == 4
+    assert {k: r["finished_at"] for k, r in _records(tmp_path).items()} == {
+        k: r["finished_at"] for k, r in done.items()
+    }
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_completes(tmp_path):
+    result = _multirun(tmp_path, "method=full", "train.max_grad_norm=1e30", "method.lr=1e30,1e-4", "budget.max_steps=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    by_lr = {r["config"]["method"]["lr"]: r for r in _records(tmp_path).values()}
+    assert by_lr[1e30]["status"] == "failed" and "NonFiniteLossError" in by_lr[1e30]["error"]
+    assert by_lr[1e-4]["status"] == "success"
+    json.dumps(by_lr)
