@@ -21,17 +21,18 @@ class DataOrderFingerprint:
     in a table really saw the same data. It also counts the examples trained on.
     """
 
-    samples_trained = 0
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_order_hash = hashlib.sha256()
+        self.samples_trained = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
-        if not hasattr(self, "data_order_hash"):
-            self.data_order_hash = hashlib.sha256()
         self.data_order_hash.update(inputs["input_ids"].detach().cpu().numpy().tobytes())
         self.samples_trained += int(inputs["input_ids"].shape[0])
         return super().training_step(model, inputs, *args, **kwargs)
 
     def data_order_fingerprint(self) -> str | None:
-        return self.data_order_hash.hexdigest() if hasattr(self, "data_order_hash") else None
+        return self.data_order_hash.hexdigest() if self.samples_trained else None
 
 
 class ClassificationTrainer(DataOrderFingerprint, Trainer):
