@@ -37,7 +37,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check harness tests
+	$(BIN)/ruff check harness hydra_plugins tests
 
 clean:
 	rm -rf $(VENV) results/demo

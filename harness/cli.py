@@ -42,11 +42,31 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _apply_memory_limit(limit_gb: float | None) -> None:
+    """Make running out of memory an exception in this process instead of a kill by the kernel.
+
+    Only the soft limit is set, never above the hard one, so a later job in the
+    same process (basic launcher) can set another value.
+    """
+    if limit_gb is None:
+        return
+    import resource
+
+    soft = int(limit_gb * 2**30)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _summary(record: dict) -> str:
     primary = record["primary_metric"]
+    role = "" if record.get("role", "run") == "run" else f" [{record['role']} {record['tuning']['trial']}]"
     return (
-        f"{record['method']} on {record['task']} ({record['budget']}, seed {record['seed']}): "
-        f"{primary['name']} val={primary['validation']:.4f} test={primary['test']:.4f}; "
+        f"{record['method']} on {record['task']} ({record['budget']}, seed {record['seed']}){role}: "
+        f"{record['status']}, {primary['name']} val={_figure(primary['validation'])} test={_figure(primary['test'])}; "
         f"trainable {record['params']['trainable']:,} / {record['params']['total']:,}; "
         f"peak mem +{record['memory']['peak_above_baseline_bytes'] / 2**20:.0f} MiB; "
         f"{record['time']['train_seconds']:.1f}s train -> {record['run_id']}"
@@ -54,7 +74,7 @@ def _summary(record: dict) -> str:
 
 
 def run_one(cfg: DictConfig) -> dict | None:
-    """Skip if done, validate, train; returns the record (the earlier one when skipped, None when failed)."""
+    """Skip if done, validate, train; returns the record (the earlier one when skipped, the failed one when failed)."""
     from harness import records
     from harness.config import ConfigError, validate
 
@@ -68,26 +88,33 @@ def run_one(cfg: DictConfig) -> dict | None:
         return records.read_record(path)
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     _quiet_libraries()
+    _apply_memory_limit(cfg.get("memory_limit_gb"))
     from harness.run import RunFailed, execute, prepare
 
     prepared = prepare(cfg)
+    callbacks = []
+    if cfg.role == "trial":
+        from harness.study import trial_reporter
+
+        callbacks.append(trial_reporter(cfg))
     try:
-        record = execute(prepared)
+        record = execute(prepared, callbacks)
     except RunFailed as error:
         log.error("run %s failed: %s (recorded in %s)", rid, error, path)
         if not _in_multirun():
             sys.exit(1)
-        return None
+        return error.record
     log.info("%s", _summary(record))
     return record
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict | None:
+    """The Hydra task function; its return value (the record) is what a sweeper reads back."""
     from harness.config import ConfigError
 
     try:
-        run_one(cfg)
+        return run_one(cfg)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

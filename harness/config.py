@@ -24,6 +24,7 @@ QUANTIZATIONS = (None, "4bit", "8bit")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASK_TYPES = ("classification",)
+ROLES = ("run", "trial", "final")
 STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
 # Method hyperparameters that must be positive integers wherever they appear.
 POSITIVE_INT_KEYS = (
@@ -184,6 +185,14 @@ def validate(cfg: DictConfig) -> None:
     validate_train(cfg.train)
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         raise ConfigError("seed", f"must be an integer (got {cfg.get('seed')!r})")
+    _require_choice("role", cfg.get("role", "run"), ROLES)
+    if cfg.get("role") == "trial" and not (cfg.tuning.get("storage") and cfg.tuning.get("trial_id") is not None):
+        raise ConfigError(
+            "tuning", "a trial needs tuning.storage and tuning.trial_id; run trials through hydra/sweeper=study"
+        )
+    limit = cfg.get("memory_limit_gb")
+    if limit is not None and not _is_positive(limit):
+        raise ConfigError("memory_limit_gb", f"must be a positive number of GB or null (got {limit!r})")
 
 
 def check_target_modules(module_names: list[str], target: Any, key: str) -> None:

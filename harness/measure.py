@@ -192,6 +192,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     revision = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
+        "host": platform.node(),
+        "pid": os.getpid(),  # which worker ran it, when a launcher spreads a sweep over processes or nodes
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": versions,

@@ -18,13 +18,28 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 SCHEMA_VERSION = 1
-# Keys that say where or how to write results, not what the experiment is.
-NON_IDENTITY_KEYS = ("results_dir", "force", "keep_artifacts", "hydra")
+# Keys (dotted paths) that say where or how to run and write, not what the
+# experiment is. A search space is what the tuner may try, not what a run did.
+NON_IDENTITY_KEYS = (
+    "results_dir",
+    "force",
+    "keep_artifacts",
+    "memory_limit_gb",
+    "hydra",
+    "method.search",
+    "tuning.storage",
+    "tuning.trial_id",
+    "tuning.pruner",
+)
+# A pruned trial is finished too: re-running it would spend the same compute to be pruned again.
+FINISHED_STATUSES = ("success", "pruned")
 REQUIRED_FIELDS = (
     "schema_version",
     "run_id",
     "status",
     "error",
+    "role",
+    "tuning",
     "model",
     "task",
     "method",
@@ -46,7 +61,14 @@ REQUIRED_FIELDS = (
 
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in plain.items() if k not in NON_IDENTITY_KEYS}
+    for dotted in NON_IDENTITY_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return plain
 
 
 def run_id(cfg: DictConfig) -> str:
@@ -88,7 +110,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 def is_done(results_dir: str | Path, rid: str) -> bool:
     record = read_record(record_path(results_dir, rid))
-    return bool(record) and record.get("status") == "success"
+    return bool(record) and record.get("status") in FINISHED_STATUSES
 
 
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:

@@ -26,10 +26,16 @@ from harness import data, measure, methods, models, records
 from harness.config import check_target_modules, validate
 
 TRACEBACK_TAIL_LINES = 30
+# Messages of allocators that ran out (torch's CPU allocator raises RuntimeError, not MemoryError).
+OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
 class RunFailed(RuntimeError):
-    """Training or evaluation raised; the failed record has been written."""
+    """Training or evaluation raised; the failed record has been written and travels with the error."""
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record["error"])
+        self.record = record
 
 
 @dataclass
@@ -155,6 +161,8 @@ def _base_record(prepared: PreparedRun) -> dict[str, Any]:
         "budget": cfg.budget.name,
         "objective": "cls",
         "seed": cfg.seed,
+        "role": cfg.get("role", "run"),
+        "tuning": _tuning_fields(cfg),
         "metrics": {},
         "primary_metric": {"name": primary.name, "higher_is_better": bool(primary.higher_is_better)},
         "params": {},
@@ -167,6 +175,30 @@ def _base_record(prepared: PreparedRun) -> dict[str, Any]:
         "config": records.identity_config(cfg),
         "environment": {},
     }
+
+
+def _tuning_fields(cfg: DictConfig) -> dict[str, Any] | None:
+    """Study, trial number and sampled values of a trial or final; None for a plain run."""
+    tuning = cfg.get("tuning")
+    if cfg.get("role", "run") == "run" or tuning is None:
+        return None
+    params = tuning.get("params")
+    return {
+        "study": tuning.get("study"),
+        "trial": tuning.get("trial"),
+        "params": OmegaConf.to_container(params) if params is not None else None,
+    }
+
+
+def error_kind(error: BaseException) -> str:
+    """out_of_memory | non_finite_loss | exception: lets a report tell divergence and OOM from bugs."""
+    if isinstance(error, budget_stage.NonFiniteLossError):
+        return "non_finite_loss"
+    if isinstance(error, MemoryError | torch.OutOfMemoryError) or any(
+        marker in str(error).lower() for marker in OUT_OF_MEMORY_MARKERS
+    ):
+        return "out_of_memory"
+    return "exception"
 
 
 @dataclass
@@ -182,9 +214,18 @@ class FittedRun:
 
 
 def _fit(
-    prepared: PreparedRun, record: dict[str, Any], work_dir: Path, device: torch.device, precision: str
+    prepared: PreparedRun,
+    record: dict[str, Any],
+    work_dir: Path,
+    device: torch.device,
+    precision: str,
+    callbacks: list[Any],
 ) -> FittedRun:
-    """Load, wrap, train under the budget, evaluate; parameters are counted before training."""
+    """Load, wrap, train under the budget, evaluate; parameters are counted before training.
+
+    A tuning trial is not evaluated on the test split: model selection must
+    never see it, and only the finals' test figures are reported.
+    """
     from harness.objectives import cls
 
     cfg = prepared.cfg
@@ -198,20 +239,22 @@ def _fit(
     record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
     callback = budget_stage.BudgetCallback(cfg.budget)
     args = training_arguments(cfg, str(work_dir / "trainer"), precision, device)
-    trainer = cls.build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback])
+    trainer = cls.build_trainer(
+        model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback, *callbacks]
+    )
     with measure.PeakMemory(device) as memory:
         trainer.train()
     with measure.Stopwatch(device) as eval_clock:
         validation_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
-        test_metrics = trainer.evaluate(test, metric_key_prefix="test")
+        test_metrics = {} if cfg.get("role") == "trial" else trainer.evaluate(test, metric_key_prefix="test")
     return FittedRun(trainer, callback, memory, eval_clock, validation_metrics, test_metrics)
 
 
-def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path) -> None:
+def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path, callbacks: list[Any]) -> None:
     cfg, device = prepared.cfg, _device()
     precision = _precision(cfg.train.precision, device)
     record["environment"] = measure.environment(device)
-    fitted = _fit(prepared, record, work_dir, device, precision)
+    fitted = _fit(prepared, record, work_dir, device, precision, callbacks)
     trainer, args = fitted.trainer, fitted.trainer.args
     spent = {
         **fitted.budget.spent(trainer.state),
@@ -257,23 +300,34 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
     )
 
 
-def execute(prepared: PreparedRun) -> dict[str, Any]:
-    """Train and record; a failure is written as a failed record and re-raised as RunFailed."""
+def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train and record; a failure is written as a failed record and re-raised as RunFailed.
+
+    ``callbacks`` are extra Trainer callbacks (the study's trial reporter);
+    one whose ``pruned`` is true after training makes the record ``pruned``.
+    """
+    callbacks = list(callbacks or [])
     record = _base_record(prepared)
     work_dir = Path(tempfile.mkdtemp(prefix=f"harness-{prepared.run_id}-"))
     try:
-        _train_and_measure(prepared, record, work_dir)
+        _train_and_measure(prepared, record, work_dir, callbacks)
     except Exception as error:  # every failure becomes a record; Ctrl-C (BaseException) writes none
         record.update(
             status="failed",
             error=f"{type(error).__name__}: {error}",
+            error_kind=error_kind(error),
             traceback=traceback.format_exc().splitlines()[-TRACEBACK_TAIL_LINES:],
             finished_at=datetime.now(timezone.utc).isoformat(),
         )
         records.write_record(prepared.record_path, record)
-        raise RunFailed(record["error"]) from error
+        raise RunFailed(record) from error
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    record.update(status="success", finished_at=datetime.now(timezone.utc).isoformat())
+    pruned_at = next((c.pruned_at_step for c in callbacks if getattr(c, "pruned", False)), None)
+    record.update(
+        status="pruned" if pruned_at is not None else "success",
+        pruned_at_step=pruned_at,
+        finished_at=datetime.now(timezone.utc).isoformat(),
+    )
     records.write_record(prepared.record_path, record)
     return record

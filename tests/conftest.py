@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -32,10 +34,10 @@ TINY = [
 ]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], return_hydra_config: bool = False):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture
@@ -50,3 +52,10 @@ def make_cfg(tmp_path):
 
 def method_names() -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
+
+
+def run_cli(results_dir, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``harness-run -m`` on the tiny model in a fresh process, the way a user runs a sweep."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "harness.cli", "-m", *TINY, *overrides, f"results_dir={results_dir}"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

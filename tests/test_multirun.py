@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import REPO, TINY
+from conftest import run_cli as _multirun
 
 from harness import records
-
-
-def _multirun(results_dir, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "harness.cli", "-m", *TINY, *overrides, f"results_dir={results_dir}"]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _records(results_dir) -> dict[str, dict]:
@@ -44,3 +35,16 @@ def test_a_failing_job_is_recorded_and_the_sweep_completes(tmp_path):
     assert by_lr[1e30]["status"] == "failed" and "NonFiniteLossError" in by_lr[1e30]["error"]
     assert by_lr[1e-4]["status"] == "success"
     json.dumps(by_lr)
+
+
+def test_running_out_of_memory_is_a_failed_record_and_the_sweep_goes_on(tmp_path):
+    # A 34 GB feed-forward layer under a 3 GB cap: the allocation fails inside the run, not in the kernel.
+    huge = 2**28
+    result = _multirun(
+        tmp_path, "method=lora", "memory_limit_gb=3", f"model.config_overrides.intermediate_size=64,{huge}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    by_size = {r["config"]["model"]["config_overrides"]["intermediate_size"]: r for r in _records(tmp_path).values()}
+    assert by_size[huge]["status"] == "failed" and by_size[huge]["error_kind"] == "out_of_memory"
+    assert "can't allocate memory" in by_size[huge]["error"] and by_size[huge]["traceback"]
+    assert by_size[64]["status"] == "success"

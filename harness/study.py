@@ -1,0 +1,212 @@
+"""Tuning inside one grid cell: its Optuna study, the trial reporter, its summary.
+
+The study sweeper (``hydra_plugins/harness_study_sweeper``) is the Hydra side:
+it crosses the grid and launches jobs. Everything here is plain Optuna and
+plain records, so a worker process (joblib, SLURM) can rebuild what it needs
+from its own config: the storage URL, the study name and the trial id.
+
+A cell's study name is readable (``method=lora,task=sst2``) plus a hash of
+everything else that defines the experiment, so changing a fixed setting
+starts a new study instead of resuming one with different rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from harness import records
+from harness.config import ConfigError
+
+log = logging.getLogger("harness")
+JOURNAL_PREFIX = "journal:"
+STORAGE_FORMS = "an RDB URL (sqlite:///path.db, postgresql://...) or journal:<path> for a journal file"
+
+
+def default_storage(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
+
+
+def open_storage(url: str):
+    """Optuna storage for a URL; sqlite waits for locks instead of failing when workers write at once."""
+    import optuna
+
+    if not isinstance(url, str) or not url:
+        raise ConfigError("hydra.sweeper.storage", f"must be {STORAGE_FORMS} (got {url!r})")
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError("hydra.sweeper.storage", f"must be {STORAGE_FORMS} (got {url!r})")
+    engine_kwargs = None
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def instantiate_component(spec: Any, key: str, **extra: Any):
+    """A sampler or pruner from its ``_target_`` spec (Hydra instantiate); ``extra`` only where accepted."""
+    from hydra.utils import get_class, instantiate
+
+    if spec is None:
+        return None
+    target = spec.get("_target_") if isinstance(spec, dict | DictConfig) else None
+    try:
+        accepted = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - reported below with the key
+        raise ConfigError(f"{key}._target_", f"cannot import {target!r}; use e.g. optuna.samplers.TPESampler") from None
+    given = {k: v for k, v in extra.items() if k in accepted and k not in spec}
+    try:
+        return instantiate(spec, **given)
+    except Exception as error:  # noqa: BLE001
+        raise ConfigError(key, str(error).splitlines()[0]) from None
+
+
+def direction(task: DictConfig) -> str:
+    primary = next(m for m in task.metrics if m.name == task.primary_metric)
+    return "maximize" if primary.higher_is_better else "minimize"
+
+
+GROUP_AXES = ("model", "task", "method", "budget")
+
+
+def cell_coordinates(cell_cfg: DictConfig, swept: dict[str, str]) -> dict[str, str]:
+    """Where a cell sits in the grid: the four group choices, then any other swept key."""
+    coordinates = {group: str(cell_cfg[group].name) for group in GROUP_AXES}
+    return {**coordinates, **{k: v for k, v in swept.items() if k not in GROUP_AXES}}
+
+
+def study_name(cell_cfg: DictConfig, coordinates: dict[str, str], tuned_keys: list[str]) -> str:
+    """``model/task/method/budget[,key=value]#hash``: readable, and new when any fixed setting changes."""
+    identity = records.identity_config(cell_cfg)
+    for key in ("seed", "role", "tuning"):
+        identity.pop(key, None)
+    for key in tuned_keys:
+        identity.get("method", {}).pop(key, None)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    readable = "/".join(coordinates[g] for g in GROUP_AXES)
+    extra = "".join(f",{k}={v}" for k, v in coordinates.items() if k not in GROUP_AXES)
+    return f"{readable}{extra}#{digest}"
+
+
+def summary_path(results_dir: str | Path, name: str) -> Path:
+    return Path(results_dir) / "studies" / (re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name) + ".json")
+
+
+class TrialReporter(TrainerCallback):
+    """Reports each validation evaluation during training to the Optuna trial and stops a pruned one.
+
+    Step 0 (the untrained model, identical for every trial) is not reported.
+    Evaluations after training (the record's final metrics) are not either.
+    """
+
+    def __init__(self, trial, metric: str):
+        self.trial = trial
+        self.metric_key = f"eval_{metric}"
+        self.pruned_at_step: int | None = None
+        self._training = False
+
+    @property
+    def pruned(self) -> bool:
+        return self.pruned_at_step is not None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._training = True
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._training = False
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw):
+        value = (metrics or {}).get(self.metric_key)
+        if not self._training or state.global_step == 0 or value is None or not math.isfinite(value):
+            return control
+        self.trial.report(float(value), state.global_step)
+        if self.trial.should_prune():
+            self.pruned_at_step = state.global_step
+            control.should_training_stop = True
+        return control
+
+
+def trial_reporter(cfg: DictConfig) -> TrialReporter:
+    """The reporter for a trial job, attached to its trial in the shared storage."""
+    import optuna
+
+    tuning = cfg.tuning
+    pruner = instantiate_component(tuning.get("pruner"), "hydra.sweeper.pruner")
+    study = optuna.load_study(study_name=tuning.study, storage=open_storage(tuning.storage), pruner=pruner)
+    return TrialReporter(optuna.trial.Trial(study, int(tuning.trial_id)), cfg.task.primary_metric)
+
+
+def tuning_cost(trial_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compute summed over a cell's trials, pruned and failed ones included: the price of the tuning."""
+
+    def total(section: str, key: str) -> float:
+        return sum((r.get(section) or {}).get(key) or 0 for r in trial_records)
+
+    return {
+        "trials_recorded": len(trial_records),
+        "train_seconds": total("time", "train_seconds"),
+        "eval_seconds": total("time", "eval_seconds"),
+        "train_tokens": int(total("compute", "train_tokens")),
+        "steps": int(total("compute", "steps")),
+        "peak_memory_above_baseline_bytes_max": max(
+            ((r.get("memory") or {}).get("peak_above_baseline_bytes") or 0 for r in trial_records), default=0
+        ),
+    }
+
+
+def cell_summary(study, cell: dict[str, Any], space: dict[str, Any], finals: list[dict[str, Any]], results_dir) -> dict:
+    """What a cell's tuning did and cost, from the study and the trials' records (a pure function of both)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    trial_records = [
+        r
+        for t in trials
+        if t.user_attrs.get("run_id")
+        and (r := records.read_record(records.record_path(results_dir, t.user_attrs["run_id"]))) is not None
+    ]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    return {
+        "study": study.study_name,
+        "cell": cell,
+        "direction": study.direction.name.lower(),
+        "search": space,
+        "trials": len(trials),
+        "states": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        "pruned_trials": [t.number for t in trials if t.state == TrialState.PRUNED],
+        "best": None
+        if best is None
+        else {"trial": best.number, "value": best.value, "params": best.params, **best.user_attrs},
+        "tuning_cost": tuning_cost(trial_records),
+        "finals": [
+            {"run_id": f.get("run_id"), "seed": f.get("seed"), "status": f.get("status"), "test": _test_value(f)}
+            for f in finals
+        ],
+    }
+
+
+def _test_value(record: dict[str, Any]) -> float | None:
+    return (record.get("primary_metric") or {}).get("test")
+
+
+def write_summary(results_dir: str | Path, summary: dict[str, Any]) -> Path:
+    path = summary_path(results_dir, summary["study"])
+    records.write_record(path, summary)
+    return path
+
+
+def as_plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

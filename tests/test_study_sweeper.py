@@ -1,0 +1,202 @@
+"""hydra/sweeper=study end to end on the tiny model: tuning, finals, resume after kill -9, pruning, launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from conftest import REPO, TINY, compose_config, run_cli
+
+from harness import records, study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+STUDY = ["hydra/sweeper=study", "task=toy_sentiment"]
+
+
+def _storage(results_dir) -> str:
+    return f"sqlite:///{results_dir / 'optuna.db'}"
+
+
+def _studies(results_dir) -> dict[str, optuna.Study]:
+    names = optuna.get_all_study_names(storage=_storage(results_dir))
+    return {name: optuna.load_study(study_name=name, storage=_storage(results_dir)) for name in names}
+
+
+def _by_role(results_dir) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {"trial": [], "final": [], "run": []}
+    for record in records.load_records(results_dir):
+        grouped[record["role"]].append(record)
+    return grouped
+
+
+def test_a_study_tunes_each_cell_then_reruns_the_best_over_seeds_and_a_rerun_trains_nothing(tmp_path):
+    first = run_cli(tmp_path, *STUDY, "method=lora,ia3", "hydra.sweeper.n_trials=4", "seed=0,1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    studies = _studies(tmp_path)
+    assert sorted(name.split("#")[0] for name in studies) == [
+        "tiny_bert/toy_sentiment/ia3/tiny",
+        "tiny_bert/toy_sentiment/lora/tiny",
+    ]
+    runs = _by_role(tmp_path)
+    assert len(runs["trial"]) == 8 and len(runs["final"]) == 4 and not runs["run"]
+    for name, opt_study in studies.items():
+        assert len(opt_study.trials) == 4
+        trials = [r for r in runs["trial"] if r["tuning"]["study"] == name]
+        assert sorted(r["tuning"]["trial"] for r in trials) == [0, 1, 2, 3]
+        assert all(r["primary_metric"]["test"] is None and r["metrics"]["test"] == {} for r in trials)
+        best = opt_study.best_trial
+        finals = [r for r in runs["final"] if r["tuning"]["study"] == name]
+        assert sorted(r["seed"] for r in finals) == [0, 1]
+        for final in finals:
+            assert final["tuning"]["trial"] == best.number
+            assert final["tuning"]["params"] == best.user_attrs["assignments"]
+            for key, value in best.user_attrs["assignments"].items():
+                assert final["config"]["method"][key] == value
+            assert final["primary_metric"]["test"] is not None
+        # Same config and seed as the best trial: the final reproduces its validation score exactly.
+        assert next(f for f in finals if f["seed"] == 0)["primary_metric"]["validation"] == best.value
+        summary = json.loads(study.summary_path(tmp_path, name).read_text())
+        assert summary["trials"] == 4 and summary["best"]["trial"] == best.number
+        assert summary["tuning_cost"]["steps"] == sum(r["compute"]["steps"] for r in trials)
+        assert sorted(f["run_id"] for f in summary["finals"]) == sorted(f["run_id"] for f in finals)
+    lora = next(r for r in runs["trial"] if r["method"] == "lora")
+    assert lora["config"]["method"]["lora_alpha"] == 2 * lora["config"]["method"]["r"]
+
+    before = {r["run_id"]: r["finished_at"] for r in records.load_records(tmp_path)}
+    second = run_cli(tmp_path, *STUDY, "method=lora,ia3", "hydra.sweeper.n_trials=4", "seed=0,1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {r["run_id"]: r["finished_at"] for r in records.load_records(tmp_path)} == before
+    assert (second.stdout + second.stderr).count("already succeeded") == 4  # the finals; trials are not relaunched
+    assert all(len(s.trials) == 4 for s in _studies(tmp_path).values())
+
+
+def test_a_study_killed_mid_sweep_resumes_to_exactly_n_trials(tmp_path):
+    overrides = [
+        *STUDY,
+        "method=lora",
+        "hydra.sweeper.n_trials=5",
+        "seed=0",
+        "budget.max_steps=30",
+        "budget.eval_steps=10",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "harness.cli", "-m", *TINY, *overrides, f"results_dir={tmp_path}"]
+    sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(records.runs_dir(tmp_path).glob("*.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    killed_after = len(_by_role(tmp_path)["trial"])
+    assert 2 <= killed_after < 5
+
+    resumed = run_cli(tmp_path, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (opt_study,) = _studies(tmp_path).values()
+    assert len(opt_study.trials) == 5
+    assert all(t.state.is_finished() for t in opt_study.trials)
+    runs = _by_role(tmp_path)
+    assert sorted(r["tuning"]["trial"] for r in runs["trial"]) == [0, 1, 2, 3, 4]
+    assert len(runs["final"]) == 1
+    files = list(records.runs_dir(tmp_path).glob("*.json"))
+    assert len(files) == 6 and all(json.loads(f.read_text())["status"] for f in files)
+
+
+def test_pruned_trials_are_recorded_as_pruned_with_the_compute_they_spent(tmp_path):
+    # Accuracy never exceeds 1.01, so the threshold pruner stops every trial at its first evaluation.
+    result = run_cli(
+        tmp_path, *STUDY, "method=ia3", "hydra.sweeper.n_trials=2", "seed=0", "budget.max_steps=6",
+        "budget.eval_steps=2", "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (opt_study,) = _studies(tmp_path).values()
+    assert [t.state for t in opt_study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    runs = _by_role(tmp_path)
+    assert not runs["final"] and "no trial completed" in result.stdout + result.stderr
+    for record in runs["trial"]:
+        assert record["status"] == "pruned" and record["pruned_at_step"] == 2
+        assert record["compute"]["steps"] == 2 and record["compute"]["train_tokens"] > 0
+    summary = json.loads(study.summary_path(tmp_path, opt_study.study_name).read_text())
+    assert summary["pruned_trials"] == [0, 1] and summary["tuning_cost"]["steps"] == 4
+
+
+def test_a_cell_whose_trials_all_fail_is_recorded_and_the_other_cells_finish(tmp_path):
+    result = run_cli(
+        tmp_path, *STUDY, "method=lora,ia3", "hydra.sweeper.n_trials=2", "seed=0", "train.max_grad_norm=1e30",
+        "hydra.sweeper.search={ia3:{space:{lr:{type:float,low:1e20,high:1e21,log:true}}}}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _by_role(tmp_path)
+    ia3 = [r for r in runs["trial"] if r["method"] == "ia3"]
+    assert [r["status"] for r in ia3] == ["failed", "failed"] and all(r["error_kind"] == "non_finite_loss" for r in ia3)
+    assert [r["method"] for r in runs["final"]] == ["lora"]
+    states = {name.split("/")[2]: {t.state.name for t in s.trials} for name, s in _studies(tmp_path).items()}
+    assert states == {"ia3": {"FAIL"}, "lora": {"COMPLETE"}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["method=lora", "method.lr=1e-3"],
+            "error: method.lr: is tuned in this study; fix it with method.search.space.lr=null",
+        ),
+        (
+            ["method=lora", "hydra.sweeper.search={lora:{space:{r:{type:normal}}}}"],
+            "error: method.search.space.r.type: got 'normal'",
+        ),
+        (["method=lora,nope"], "Could not find 'method/nope'"),
+        (["method=ia3,lora", "method.r=4"], "Could not override 'method.r'"),
+        (["method=lora", "method.lora_dropout=2"], "error: method.lora_dropout: must be in [0, 1) (got 2)"),
+        (["method=lora", "hydra.sweeper.storage=optuna.db"], "error: hydra.sweeper.storage: must be an RDB URL"),
+        (["method=lora", "tuning.trial=3"], "error: tuning.trial: is set by the study sweeper"),
+    ],
+)
+def test_bad_sweep_input_fails_before_anything_trains(tmp_path, overrides, message):
+    result = run_cli(tmp_path, *STUDY, *overrides)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not records.runs_dir(tmp_path).exists()
+
+
+def test_two_joblib_workers_share_one_storage_and_write_every_record_once(tmp_path):
+    result = run_cli(
+        tmp_path, *STUDY, "method=lora", "hydra.sweeper.n_trials=4", "seed=0,1",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    runs = _by_role(tmp_path)
+    assert sorted(r["tuning"]["trial"] for r in runs["trial"]) == [0, 1, 2, 3] and len(runs["final"]) == 2
+    assert len({r["run_id"] for r in records.load_records(tmp_path)}) == 6
+    assert not list(records.runs_dir(tmp_path).glob(".*.tmp"))
+    job_dirs = list((tmp_path / "hydra" / "multirun").glob("*/*/.hydra"))
+    assert len(job_dirs) == 6  # one output folder per job, none shared
+
+
+def test_submitit_launcher_runs_the_study_in_separate_processes(tmp_path):
+    result = run_cli(
+        tmp_path, *STUDY, "method=ia3", "hydra.sweeper.n_trials=2", "seed=0",
+        "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.launcher.timeout_min=10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _by_role(tmp_path)
+    assert len(runs["trial"]) == 2 and len(runs["final"]) == 1
+    assert len({r["environment"].get("pid") for r in records.load_records(tmp_path)} | {os.getpid()}) == 4
+
+
+def test_the_slurm_preset_and_study_presets_compose():
+    slurm = compose_config(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.gpus_per_node == 1 and slurm.array_parallelism == 8
+    demo = compose_config(["study=demo"], return_hydra_config=True)
+    assert demo.hydra.sweeper._target_.endswith("StudySweeper") and demo.model.name == "minilm"
+    assert demo.hydra.sweeper.grid.method == "full,lora,ia3" and demo.results_dir == "results/demo"
+    glue = compose_config(["study=peft_glue"], return_hydra_config=True)
+    assert glue.model.name == "roberta_base" and glue.hydra.sweeper.grid.task == "sst2,mrpc,rte,cola,qnli"
+    assert list(glue.hydra.sweeper.seeds) == [0, 1, 2, 3, 4]
