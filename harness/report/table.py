@@ -18,6 +18,9 @@ COLUMNS = [
     "budget",
     "method",
     "seed",
+    "role",
+    "trial",
+    "lr",
     "status",
     "metric",
     "validation",
@@ -44,6 +47,9 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                 "budget": r.get("budget"),
                 "method": r.get("method"),
                 "seed": r.get("seed"),
+                "role": r.get("role", "run"),
+                "trial": (r.get("tuning") or {}).get("trial"),
+                "lr": (r.get("config") or {}).get("method", {}).get("lr"),
                 "status": r.get("status"),
                 "metric": primary.get("name"),
                 "validation": primary.get("validation"),
@@ -69,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if frame.empty:
         print(f"error: no run records under {Path(argv[0]) / 'runs'}", file=sys.stderr)
         return 1
-    frame = frame.sort_values(["task", "budget", "trainable", "method", "seed"], na_position="last")
+    frame = frame.sort_values(["task", "budget", "method", "role", "trial", "seed"], na_position="last")
     shown = frame[COLUMNS].copy()
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    failed = frame[frame.status != "success"]
+    failed = frame[frame.status == "failed"]
     for _, row in failed.iterrows():
         print(f"FAILED {row.method} seed {row.seed}: {row.error}")
     return 0
