@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -179,10 +179,10 @@ class StudySweeper(Sweeper):
         returns: Sequence[JobReturn] = self.launcher.launch([j.overrides for j in jobs], initial_job_idx=self.job_idx)
         self.job_idx += len(jobs)
         for job, ret in zip(jobs, returns, strict=True):
-            if ret.status == JobStatus.COMPLETED:
-                job.result = ret.return_value
-            else:
-                log.error("job %s raised: %r", ret.overrides, ret._return_value)
+            try:
+                job.result = ret.return_value  # re-raises what the job raised
+            except Exception as error:  # noqa: BLE001 - one job's crash must not end the sweep
+                log.error("job %s raised %s: %s", ret.overrides, type(error).__name__, error)
 
     def _run_cell(self, cell: Cell, seeds: list[int]) -> dict[str, Any]:
         import optuna
@@ -228,32 +228,43 @@ class StudySweeper(Sweeper):
         """Relaunch trials a killed sweep left running, then ask new ones until the study holds n_trials."""
         from optuna.trial import TrialState
 
-        from harness import study as study_stage
-
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        started = len(study.get_trials(deepcopy=False, states=_started_states()))
         log.info(
-            "%s: %d of %d trials in storage, %d to resume", cell.study_name, started, self.params.n_trials, len(stale)
+            "%s: %d of %d trials in storage, %d to resume",
+            cell.study_name,
+            self._started(study),
+            self.params.n_trials,
+            len(stale),
         )
         width = self._parallelism()
         while True:
+            # Optuna exposes a trial's storage id only as _trial_id; a worker needs it to report to that trial.
             jobs = [self._trial_job(cell, t.number, t._trial_id, t.params) for t in stale[:width]]
             stale = stale[width:]
-            while (
-                len(jobs) < width
-                and len(study.get_trials(deepcopy=False, states=_started_states())) < self.params.n_trials
-            ):
-                seed = self.params.sampler_seed + len(study.get_trials(deepcopy=False))
-                study.sampler = study_stage.instantiate_component(
-                    self.params.sampler, "hydra.sweeper.sampler", seed=seed
-                )
-                trial = study.ask(cell.space.distributions)
-                jobs.append(self._trial_job(cell, trial.number, trial._trial_id, trial.params))
+            while len(jobs) < width and self._started(study) < self.params.n_trials:
+                jobs.append(self._ask(cell, study))
             if not jobs:
                 return
             self._launch(jobs)
             for job in jobs:
                 _tell(study, job)
+
+    @staticmethod
+    def _started(study) -> int:
+        """Trials handed out so far: every state but WAITING (enqueued, not yet asked for)."""
+        from optuna.trial import TrialState
+
+        waiting = (TrialState.WAITING,)
+        return len(study.get_trials(deepcopy=False)) - len(study.get_trials(deepcopy=False, states=waiting))
+
+    def _ask(self, cell: Cell, study) -> Job:
+        """A new trial from a sampler seeded by its trial number: resuming never changes what is sampled."""
+        from harness import study as study_stage
+
+        seed = self.params.sampler_seed + len(study.get_trials(deepcopy=False))
+        study.sampler = study_stage.instantiate_component(self.params.sampler, "hydra.sweeper.sampler", seed=seed)
+        trial = study.ask(cell.space.distributions)
+        return self._trial_job(cell, trial.number, trial._trial_id, trial.params)
 
     def _finals(self, cell: Cell, study, seeds: list[int]) -> list[dict[str, Any]]:
         from optuna.trial import TrialState
@@ -285,13 +296,6 @@ class StudySweeper(Sweeper):
         for start in range(0, len(jobs), width):
             self._launch(jobs[start : start + width])
         return [job.result for job in jobs if job.result is not None]
-
-
-def _started_states() -> tuple:
-    """Every trial state but WAITING (an enqueued trial that ask() has not handed out yet)."""
-    from optuna.trial import TrialState
-
-    return tuple(s for s in TrialState if s != TrialState.WAITING)
 
 
 def _tell(study, job: Job) -> None:
