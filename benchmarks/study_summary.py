@@ -39,7 +39,9 @@ def main(results_dir: str) -> int:
     if not summaries:
         print(f"error: no study summaries under {folder / 'studies'}", file=sys.stderr)
         return 1
-    print("| cell | trials | pruned | best parameters | best val | final test (mean ± std) | tuning cost: train + eval s |")
+    print(
+        "| cell | trials | pruned | best parameters | best val | final test (mean ± std) | tuning cost: train + eval s |"
+    )
     print("|---|---|---|---|---:|---:|---:|")
     for summary in summaries:
         print(_cell_line(summary))

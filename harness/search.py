@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError
+from harness.config import ConfigError, validate_method
 
 PARAM_TYPES = ("float", "int", "categorical")
 SPEC_KEYS = {
@@ -119,6 +119,26 @@ class SearchSpace:
     def assignments(self, params: dict[str, Any]) -> dict[str, Any]:
         """Method keys to set for one trial: sampled then derived."""
         return {**params, **self.derived(params)}
+
+    def extremes(self) -> list[dict[str, Any]]:
+        """Parameter sets that put each parameter at each end of its range (categorical: every choice)."""
+        from optuna.distributions import CategoricalDistribution
+
+        def ends(d) -> list[Any]:
+            return list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+
+        first = {name: ends(d)[0] for name, d in self.distributions.items()}
+        return [{**first, name: value} for name, d in self.distributions.items() for value in ends(d)]
+
+    def check_extremes(self, method: DictConfig) -> None:
+        """Validate the method at each end of every range: a trial can never sample a config that fails its checks."""
+        from omegaconf import open_dict
+
+        for params in self.extremes():
+            probe = method.copy()
+            with open_dict(probe):
+                probe.update(self.assignments(params))
+            validate_method(probe)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able form for the study's attributes and the cell summary."""

@@ -15,19 +15,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import logging
 import math
 import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from harness import records
 from harness.config import ConfigError
 
-log = logging.getLogger("harness")
 JOURNAL_PREFIX = "journal:"
 STORAGE_FORMS = "an RDB URL (sqlite:///path.db, postgresql://...) or journal:<path> for a journal file"
 
@@ -206,7 +204,3 @@ def write_summary(results_dir: str | Path, summary: dict[str, Any]) -> Path:
     path = summary_path(results_dir, summary["study"])
     records.write_record(path, summary)
     return path
-
-
-def as_plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -65,6 +65,7 @@ class StudySweeper(Sweeper):
         self.config: DictConfig | None = None
         self.launcher = None
         self.job_idx = 0
+        self.storages: dict[str, Any] = {}  # one Optuna storage per URL, opened while planning
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -122,7 +123,7 @@ class StudySweeper(Sweeper):
 
     def _cell(self, overrides: list[str], axes: dict[str, str], fixed: set[str]) -> Cell:
         from harness import study
-        from harness.config import ConfigError, validate, validate_method
+        from harness.config import ConfigError, validate
         from harness.search import SearchSpace
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -135,16 +136,19 @@ class StudySweeper(Sweeper):
                 raise ConfigError(
                     f"method.{key}", f"is tuned in this study; fix it with method.search.space.{key}=null instead"
                 )
-        for params in _extremes(space.distributions):
-            probe = cfg.method.copy()
-            with open_dict(probe):
-                probe.update(space.assignments(params))
-            validate_method(probe)
+        space.check_extremes(cfg.method)
         storage_url = self.params.storage or study.default_storage(cfg.results_dir)
-        study.open_storage(storage_url)
+        self._storage(storage_url)
         coordinates = study.cell_coordinates(cfg, axes)
         name = study.study_name(cfg, coordinates, [*space.distributions, *space.derive])
         return Cell(overrides, coordinates, cfg, space, name, storage_url, study.direction(cfg.task))
+
+    def _storage(self, url: str):
+        from harness import study
+
+        if url not in self.storages:
+            self.storages[url] = study.open_storage(url)
+        return self.storages[url]
 
     # ------------------------------------------------------------------ run
     def sweep(self, arguments: list[str]) -> Any:
@@ -189,10 +193,13 @@ class StudySweeper(Sweeper):
 
         from harness import study as study_stage
 
-        storage = study_stage.open_storage(cell.storage_url)
         pruner = study_stage.instantiate_component(self.params.pruner, "hydra.sweeper.pruner")
         study = optuna.create_study(
-            study_name=cell.study_name, storage=storage, direction=cell.direction, pruner=pruner, load_if_exists=True
+            study_name=cell.study_name,
+            storage=self._storage(cell.storage_url),
+            direction=cell.direction,
+            pruner=pruner,
+            load_if_exists=True,
         )
         study.set_user_attr("cell", cell.axes)
         study.set_user_attr("search", cell.space.describe())
@@ -202,26 +209,27 @@ class StudySweeper(Sweeper):
         study_stage.write_summary(cell.cfg.results_dir, summary)
         return summary
 
-    def _trial_job(self, cell: Cell, number: int, trial_id: int, params: dict[str, Any]) -> Job:
+    @staticmethod
+    def _job_overrides(cell: Cell, assignments: dict[str, Any], role: str, seed: int, **tuning: Any) -> list[str]:
+        """The cell, the method values, and what the job's record says about its study (role, seed, tuning.*)."""
         from harness.search import method_overrides, override_value
 
-        assignments = cell.space.assignments(params)
-        seed = self.params.tuning_seed if self.params.tuning_seed is not None else self.params.seeds[0]
-        tuning = {
-            "study": cell.study_name,
-            "trial": number,
-            "trial_id": trial_id,
-            "storage": cell.storage_url,
-            "params": assignments,
-            "pruner": OmegaConf.to_container(self.params.pruner) if self.params.pruner is not None else None,
-        }
-        overrides = [
+        tuning = {"study": cell.study_name, **tuning, "params": assignments}
+        return [
             *cell.overrides,
             *method_overrides(assignments),
-            "role=trial",
+            f"role={role}",
             f"seed={seed}",
             *(f"tuning.{key}={override_value(value)}" for key, value in tuning.items()),
         ]
+
+    def _trial_job(self, cell: Cell, number: int, trial_id: int, params: dict[str, Any]) -> Job:
+        assignments = cell.space.assignments(params)
+        seed = self.params.tuning_seed if self.params.tuning_seed is not None else self.params.seeds[0]
+        pruner = OmegaConf.to_container(self.params.pruner) if self.params.pruner is not None else None
+        overrides = self._job_overrides(
+            cell, assignments, "trial", seed, trial=number, trial_id=trial_id, storage=cell.storage_url, pruner=pruner
+        )
         return Job(overrides, assignments, trial_number=number, trial_id=trial_id)
 
     def _tune(self, cell: Cell, study) -> None:
@@ -269,27 +277,13 @@ class StudySweeper(Sweeper):
     def _finals(self, cell: Cell, study, seeds: list[int]) -> list[dict[str, Any]]:
         from optuna.trial import TrialState
 
-        from harness.search import method_overrides, override_value
-
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             log.error("%s: no trial completed, so there is no best configuration and no final run", cell.study_name)
             return []
         best = study.best_trial
         assignments = best.user_attrs.get("assignments") or cell.space.assignments(best.params)
         jobs = [
-            Job(
-                [
-                    *cell.overrides,
-                    *method_overrides(assignments),
-                    "role=final",
-                    f"seed={seed}",
-                    f"tuning.study={override_value(cell.study_name)}",
-                    f"tuning.trial={best.number}",
-                    f"tuning.params={override_value(assignments)}",
-                ],
-                assignments,
-                seed=seed,
-            )
+            Job(self._job_overrides(cell, assignments, "final", seed, trial=best.number), assignments, seed=seed)
             for seed in seeds
         ]
         width = self._parallelism()
@@ -319,17 +313,6 @@ def _tell(study, job: Job) -> None:
     else:
         study.tell(job.trial_number, state=TrialState.FAIL, skip_if_finished=True)
     log.info("%s trial %d: %s %s", study.study_name, job.trial_number, status or "raised", job.assignments)
-
-
-def _extremes(distributions: dict[str, Any]) -> list[dict[str, Any]]:
-    """Parameter sets that put each parameter at each end of its range (categorical: every choice)."""
-    from optuna.distributions import CategoricalDistribution
-
-    def ends(d) -> list[Any]:
-        return list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
-
-    middle = {name: ends(d)[0] for name, d in distributions.items()}
-    return [{**middle, name: value} for name, d in distributions.items() for value in ends(d)]
 
 
 def _describe(summary: dict[str, Any]) -> str:
