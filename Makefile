@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (a small tuned comparison
-# study, ending in a table) and `make test`. Both set up .venv themselves.
+# study, ending in its report) and `make test`. Both set up .venv themselves.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,10 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The demo study (conf/study/demo.yaml): tune full, lora and ia3 on the
-# embedded task, re-run each best configuration over two seeds, tabulate.
+# embedded task, re-run each best configuration over two seeds, then write
+# the report (tables, plots, HTML) to $(DEMO_DIR)/report.
 demo: setup
 	$(BIN)/harness-run -m study=demo results_dir=$(DEMO_DIR)
-	$(BIN)/python -m harness.report.table $(DEMO_DIR)
+	$(BIN)/harness-report $(DEMO_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -74,6 +74,26 @@ def test_a_study_tunes_each_cell_then_reruns_the_best_over_seeds_and_a_rerun_tra
     assert {r["run_id"]: r["finished_at"] for r in records.load_records(tmp_path)} == before
     assert (second.stdout + second.stderr).count("already succeeded") == 4  # the finals; trials are not relaunched
     assert all(len(s.trials) == 4 for s in _studies(tmp_path).values())
+    _report_of_a_real_study(tmp_path, _studies(tmp_path))
+
+
+def _report_of_a_real_study(results_dir, studies) -> None:
+    """harness-report on real sweeper output: finals in the table, one tuning row and plot per cell."""
+    import pandas as pd
+
+    from harness.report import cli as report
+
+    assert report.main([str(results_dir), "--formats", "md,csv"]) == 0
+    out = results_dir / "report"
+    cells = pd.read_csv(out / "summary.csv").set_index("method")
+    assert sorted(cells.index) == ["ia3", "lora"] and set(cells["n"]) == {2} and set(cells["role"]) == {"final"}
+    finals = {m: [r["primary_metric"]["test"] for r in _by_role(results_dir)["final"] if r["method"] == m] for m in cells.index}
+    assert cells.loc["lora", "mean"] == pytest.approx(sum(finals["lora"]) / 2)
+    tuning = pd.read_csv(out / "tuning.csv").set_index("label")
+    for name, opt_study in studies.items():
+        method = name.split("/")[2]
+        assert tuning.loc[method, "trials"] == 4 and tuning.loc[method, "best_trial"] == opt_study.best_trial.number
+    assert (out / "plots" / "toy_sentiment_tuning.png").exists()
 
 
 def test_a_study_killed_mid_sweep_resumes_to_exactly_n_trials(tmp_path):

@@ -1,22 +1,34 @@
-"""Flatten run records into one pandas table, and print it for a results folder.
+"""Flatten run records into one pandas table: the index every report is computed from.
 
-``python -m harness.report.table RESULTS_DIR`` prints one row per run: the
-quick look that ends ``make demo``. Reports are pure functions of records.
+One row per record, failed and pruned runs included, with the cell each run
+belongs to. ``python -m harness.report.table RESULTS_DIR`` prints it: a quick
+look without writing anything.
+
+A *cell* is one experimental condition that seeds replicate. A tuned cell is
+its Optuna study (``tuning.study``); an untuned run's cell is its config
+without the seed. When one method has several cells for the same model, task
+and budget (a grid over ``method.r``, say), the label names what differs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from harness.records import load_records
+from harness.records import NON_IDENTITY_KEYS, load_records
 
-COLUMNS = [
+# Cell axes that every report groups by; a variant label separates cells within one of these groups.
+GROUP_AXES = ["model", "task", "method", "budget"]
+NOT_CELL_KEYS = ("seed", "role", "tuning", *NON_IDENTITY_KEYS)
+QUICK_COLUMNS = [
     "task",
     "budget",
-    "method",
+    "label",
     "seed",
     "role",
     "trial",
@@ -26,44 +38,134 @@ COLUMNS = [
     "validation",
     "test",
     "trainable",
-    "trainable_%",
+    "trainable_pct",
     "peak_mem_mib",
     "train_s",
     "tokens_per_s",
-    "trained_kib",
 ]
 
 
-def records_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per record; failed runs keep their identity and error."""
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record, with the cell key and a readable label for the method's cell."""
+    frame = pd.DataFrame([_row(r) for r in records])
+    if frame.empty:
+        return frame
+    frame["label"] = _variant_labels(frame, records)
+    return frame
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    primary, params = record.get("primary_metric") or {}, record.get("params") or {}
+    memory, time_, compute = record.get("memory") or {}, record.get("time") or {}, record.get("compute") or {}
+    tuning, config = record.get("tuning") or {}, record.get("config") or {}
+    return {
+        "run_id": record.get("run_id"),
+        "model": record.get("model"),
+        "task": record.get("task"),
+        "method": record.get("method"),
+        "budget": record.get("budget"),
+        "objective": record.get("objective"),
+        "seed": record.get("seed"),
+        "role": record.get("role", "run"),
+        "status": record.get("status"),
+        "error_kind": record.get("error_kind"),
+        "error": record.get("error"),
+        "study": tuning.get("study"),
+        "trial": tuning.get("trial"),
+        "tuned_params": json.dumps(tuning.get("params"), sort_keys=True) if tuning.get("params") else None,
+        "lr": (config.get("method") or {}).get("lr"),
+        "cell": tuning.get("study") or _config_cell(config),
+        "metric": primary.get("name"),
+        "higher_is_better": primary.get("higher_is_better"),
+        "validation": primary.get("validation"),
+        "test": primary.get("test"),
+        "trainable": params.get("trainable"),
+        "total_params": params.get("total"),
+        "trainable_pct": params.get("trainable_percent"),
+        "peak_mem_mib": _memory_mib(memory),
+        "memory_source": memory.get("source"),
+        "device": memory.get("device"),
+        "train_s": time_.get("train_seconds"),
+        "eval_s": time_.get("eval_seconds"),
+        "tokens_per_s": time_.get("train_tokens_per_second"),
+        "train_tokens": compute.get("train_tokens"),
+        "steps": compute.get("steps"),
+        "pruned_at_step": record.get("pruned_at_step"),
+        "trained_kib": (record.get("trained_bytes") or 0) / 1024 or None,
+    }
+
+
+def _memory_mib(memory: dict[str, Any]) -> float | None:
+    """On CUDA the allocator's absolute peak (weights included, so 4-bit bases show their saving);
+    on CPU the peak RSS growth during training, since absolute RSS mostly measures the Python runtime."""
+    key = "peak_bytes" if memory.get("device") == "cuda" else "peak_above_baseline_bytes"
+    value = memory.get(key)
+    return value / 2**20 if value is not None else None
+
+
+def _cell_config(config: dict[str, Any]) -> dict[str, Any]:
+    flat = _flatten(config)
+    return {
+        k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NOT_CELL_KEYS)
+    }
+
+
+def _config_cell(config: dict[str, Any]) -> str:
+    canonical = json.dumps(_cell_config(config), sort_keys=True, default=str)
+    return "config#" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _variant_labels(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Series:
+    """The method name, plus what tells its cells apart when one group holds several."""
+    configs = {row.cell: _cell_config(r.get("config") or {}) for row, r in zip(frame.itertuples(), records, strict=True)}
+    labels = frame["method"].astype(str).copy()
+    for _, group in frame.groupby(GROUP_AXES, dropna=False):
+        cells = list(dict.fromkeys(group["cell"]))
+        if len(cells) < 2:
+            continue
+        for cell in cells:
+            labels[group.index[group["cell"] == cell]] = f"{group['method'].iloc[0]} ({_difference(cell, cells, configs)})"
+    return labels
+
+
+def _difference(cell: str, cells: list[str], configs: dict[str, dict[str, Any]]) -> str:
+    """``r=8`` for a grid over method.r; ``tuned`` for a study's cell beside untuned runs."""
+    if not cell.startswith("config#"):
+        extra = cell.split("#")[0].split(",")[1:]
+        return ", ".join(["tuned", *extra])
+    mine = configs[cell]
+    keys = sorted(
+        {k for other in cells if other.startswith("config#") for k in set(mine) | set(configs[other]) if configs[other].get(k) != mine.get(k)}
+    )
+    shown = [f"{k.rsplit('.', 1)[-1]}={mine.get(k)}" for k in keys if k != "method.lr" or len(keys) == 1]
+    return ", ".join(shown[:3]) or "untuned"
+
+
+def curves_frame(records: list[dict[str, Any]], frame: pd.DataFrame) -> pd.DataFrame:
+    """Learning-curve points (training loss, validation metric) of the records in frame, long format."""
+    wanted = frame.set_index("run_id")
     rows = []
-    for r in records:
-        primary, params = r.get("primary_metric") or {}, r.get("params") or {}
-        memory, time_ = r.get("memory") or {}, r.get("time") or {}
-        rows.append(
-            {
-                "run_id": r.get("run_id"),
-                "task": r.get("task"),
-                "budget": r.get("budget"),
-                "method": r.get("method"),
-                "seed": r.get("seed"),
-                "role": r.get("role", "run"),
-                "trial": (r.get("tuning") or {}).get("trial"),
-                "lr": (r.get("config") or {}).get("method", {}).get("lr"),
-                "status": r.get("status"),
-                "metric": primary.get("name"),
-                "validation": primary.get("validation"),
-                "test": primary.get("test"),
-                "trainable": params.get("trainable"),
-                "trainable_%": params.get("trainable_percent"),
-                "peak_mem_mib": (memory.get("peak_above_baseline_bytes") or 0) / 2**20 if memory else None,
-                "train_s": time_.get("train_seconds"),
-                "tokens_per_s": time_.get("train_tokens_per_second"),
-                "trained_kib": (r.get("trained_bytes") or 0) / 1024 if r.get("trained_bytes") else None,
-                "error": r.get("error"),
-            }
-        )
-    return pd.DataFrame(rows, columns=["run_id", *COLUMNS, "error"])
+    for record in records:
+        if record.get("run_id") not in wanted.index:
+            continue
+        row = wanted.loc[record["run_id"]]
+        for point in record.get("learning_curve") or []:
+            for key, value in point.items():
+                if key != "step" and value is not None:
+                    rows.append(
+                        {"run_id": record["run_id"], "task": row["task"], "budget": row["budget"], "label": row["label"],
+                         "seed": row["seed"], "step": point.get("step"), "key": key, "value": value}
+                    )
+    return pd.DataFrame(rows, columns=["run_id", "task", "budget", "label", "seed", "step", "key", "value"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     if frame.empty:
         print(f"error: no run records under {Path(argv[0]) / 'runs'}", file=sys.stderr)
         return 1
-    frame = frame.sort_values(["task", "budget", "method", "role", "trial", "seed"], na_position="last")
-    shown = frame[COLUMNS].copy()
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    failed = frame[frame.status == "failed"]
-    for _, row in failed.iterrows():
-        print(f"FAILED {row.method} seed {row.seed}: {row.error}")
+    frame = frame.sort_values(["task", "budget", "label", "role", "trial", "seed"], na_position="last")
+    print(frame[QUICK_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for _, row in frame[frame.status == "failed"].iterrows():
+        print(f"FAILED {row.label} seed {row.seed}: {row.error}")
     return 0
 
 

@@ -1,0 +1,241 @@
+"""``harness-report RESULTS_DIR``: every table and figure of a results folder, from its records alone.
+
+The report is a pure function of ``runs/*.json`` (and the tuned cells'
+``studies/*.json``): running it twice gives the same files, and nothing in
+it is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.records import load_records
+from harness.report import plots, render, summary, table
+
+FORMATS = ("md", "csv", "tex", "html")
+LATEX_PREAMBLE = "% Needs \\usepackage{booktabs} in the preamble.\n"
+
+
+class ReportError(ValueError):
+    """Bad input: reported as one line naming the option, before anything is written."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="harness-report", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", type=Path, help="a results folder (the one with runs/ in it)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: RESULTS_DIR/report)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
+    parser.add_argument("--reference", default="full", help="method the others are compared with (default: full)")
+    return parser.parse_args(argv)
+
+
+def check_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ReportError(f"--formats: unknown {', '.join(unknown) or '(empty)'}; allowed: {', '.join(FORMATS)}")
+    return formats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        written, tables = build_report(args.results_dir, args.out, check_formats(args.formats), args.reference)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for display in tables:
+        print(f"\n{display.caption}\n\n{render.markdown_table(display)}\n")
+    print("\n".join(f"wrote {path}" for path in written))
+    return 0
+
+
+def build_report(
+    results_dir: Path, out: Path | None, formats: list[str], reference: str
+) -> tuple[list[Path], list[render.DisplayTable]]:
+    """Writes the report's files; returns them and the main tables (printed by the command)."""
+    records = _load(results_dir)
+    frame = table.records_frame(records)
+    studies = summary.load_study_summaries(results_dir)
+    chosen = summary.quality_rows(frame, studies)
+    methods = sorted(set(frame["method"]))
+    if reference != "full" and reference not in methods:
+        raise ReportError(f"--reference: no records of method {reference!r}; methods present: {', '.join(methods)}")
+    cells = summary.summarize(chosen, reference)
+    tuning = summary.tuning_rows(frame, studies)
+    unfinished = summary.unfinished_rows(frame)
+    out = Path(out) if out is not None else Path(results_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "index.csv", out / "index.parquet"]
+    frame.to_csv(written[0], index=False)
+    frame.to_parquet(written[1], index=False)
+    figures = _figures(out / "plots", cells, chosen, frame, tuning, studies, records)
+    written += [path.with_suffix(s) for paths in figures.values() for path in paths for s in (".png", ".pdf")]
+    tables = render.display_tables(cells, reference) if not cells.empty else []
+    context = _Context(results_dir, records, frame, tables, tuning, unfinished, figures)
+    writers = {"md": _write_markdown, "csv": _write_csv, "tex": _write_latex, "html": _write_html}
+    for name in formats:
+        written += writers[name](out, context, cells)
+    return written, tables
+
+
+def _load(results_dir: Path) -> list[dict[str, Any]]:
+    if not Path(results_dir).is_dir():
+        raise ReportError(f"RESULTS_DIR: {results_dir} is not a folder")
+    records = load_records(results_dir)
+    if not records:
+        raise ReportError(f"RESULTS_DIR: no readable run records in {Path(results_dir) / 'runs'}")
+    return records
+
+
+class _Context:
+    def __init__(self, results_dir, records, frame, tables, tuning, unfinished, figures):
+        self.results_dir, self.records, self.frame = Path(results_dir), records, frame
+        self.tables, self.tuning, self.unfinished, self.figures = tables, tuning, unfinished, figures
+
+
+def _figures(folder, cells, chosen, frame, tuning, studies, records) -> dict[str, list[Path]]:
+    """Per task: the two trade-off plots, quality vs budget, training curves, and the tuning plot if tuned."""
+    palette = plots.colours(list(frame["label"]))
+    curves = table.curves_frame(records, chosen)
+    spaces = {name: (s.get("search") or {}).get("space") or {} for name, s in studies.items()}
+    figures: dict[str, list[Path]] = {}
+    for task, rows in cells.groupby("task", sort=True) if not cells.empty else ():
+        slug = render._slug(task)
+        paths = [
+            plots.save(plots.tradeoff(rows, "trainable", "trainable parameters (log)", True, palette), folder, f"{slug}_quality_vs_params"),
+            plots.save(plots.tradeoff(rows, "peak_mem_mib", "peak memory (MiB)", False, palette), folder, f"{slug}_quality_vs_memory"),
+            plots.save(plots.quality_vs_budget(rows, palette), folder, f"{slug}_quality_vs_budget"),
+        ]
+        task_curves = curves[curves["task"] == task]
+        if not task_curves.empty:
+            figure = plots.training_curves(task_curves, rows["metric"].iloc[0], palette)
+            paths.append(plots.save(figure, folder, f"{slug}_training_curves"))
+        trials = frame[(frame["task"] == task) & (frame["role"] == "trial") & frame["tuned_params"].notna()]
+        if not trials.empty and not tuning.empty:
+            figure = plots.tuning_isolation(trials, tuning, spaces, palette)
+            paths.append(plots.save(figure, folder, f"{slug}_tuning"))
+        figures[task] = paths
+    return figures
+
+
+# --- writers: each returns the files it wrote -------------------------------------------------------------
+
+TUNING_COLUMNS = {
+    "task": "Task", "budget": "Budget", "label": "Method", "trials": "Trials", "complete": "Complete",
+    "pruned": "Pruned", "failed": "Failed", "best_trial": "Best trial", "best_value": "Best val.",
+    "best_params": "Best parameters", "on_edge": "On range edge", "tuning_train_s": "Tuning train (s)",
+}
+UNFINISHED_COLUMNS = {
+    "status": "Status", "task": "Task", "budget": "Budget", "label": "Method", "role": "Role", "trial": "Trial",
+    "seed": "Seed", "error_kind": "Error kind", "pruned_at_step": "Pruned at step", "error": "Error",
+}
+
+
+def _readable(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    shown = frame.reindex(columns=list(columns)).rename(columns=columns)
+    return shown.map(_cell_text)
+
+
+def _cell_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if not value.is_integer() else f"{int(value)}"
+    return str(value)
+
+
+def _environment(records: list[dict[str, Any]]) -> str:
+    environments = [r.get("environment") or {} for r in records]
+    packages = environments[0].get("packages") or {}
+    devices = sorted({str(e.get("gpu") or f"{e.get('cpu')}, {e.get('cpu_count')} CPU cores") for e in environments})
+    revisions = sorted({f"{e.get('git_revision', '?')[:7]}{' (dirty)' if e.get('git_dirty') else ''}" for e in environments})
+    versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft", "optuna") if k in packages)
+    return f"Hardware: {'; '.join(devices)}. Software: {versions}. Code revision(s): {', '.join(revisions)}."
+
+
+def _counts(frame: pd.DataFrame) -> str:
+    counts = frame["status"].value_counts()
+    return ", ".join(f"{counts[s]} {s}" for s in ("success", "pruned", "failed") if s in counts)
+
+
+def _write_markdown(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
+    lines = [f"# Report: {context.results_dir.name}", ""]
+    lines += [f"From {len(context.records)} run records ({_counts(context.frame)}). {_environment(context.records)}", ""]
+    for display in context.tables:
+        lines += [f"## {display.task}", "", display.caption, "", render.markdown_table(display), ""]
+        lines += [f"- {note}" for note in display.notes] + [""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in context.figures.get(display.task, [])] + [""]
+    if not context.tuning.empty:
+        lines += ["## Tuning", "", "Trials per tuned cell, best trial by validation score, and the compute tuning spent.", ""]
+        lines += [render.markdown_frame(_readable(context.tuning, TUNING_COLUMNS)), ""]
+    lines += ["## Failed and pruned runs", ""]
+    if context.unfinished.empty:
+        lines += ["None.", ""]
+    else:
+        lines += [render.markdown_frame(_readable(context.unfinished, UNFINISHED_COLUMNS)), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return [path]
+
+
+def _write_csv(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
+    paths = [out / "summary.csv", out / "tuning.csv", out / "failed_and_pruned.csv"]
+    cells.drop(columns=["budget_rank"], errors="ignore").to_csv(paths[0], index=False)
+    context.tuning.to_csv(paths[1], index=False)
+    context.unfinished.to_csv(paths[2], index=False)
+    return paths
+
+
+def _write_latex(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
+    path = out / "summary.tex"
+    path.write_text(LATEX_PREAMBLE + "\n".join(render.latex_table(display) for display in context.tables))
+    return [path]
+
+
+HTML_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+caption { caption-side: top; text-align: left; padding-bottom: 0.4em; color: #444; }
+th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
+th { border-bottom: 2px solid #222; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 48%; margin: 0.5em 1%; vertical-align: top; }
+.notes { font-size: 0.85em; color: #555; }
+"""
+
+
+def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
+    """One self-contained page: the figures are embedded, so it can be mailed or attached as is."""
+    title = f"Report: {html.escape(context.results_dir.name)}"
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style></head><body>"]
+    parts.append(f"<h1>{title}</h1><p>From {len(context.records)} run records ({_counts(context.frame)}). "
+                 f"{html.escape(_environment(context.records))}</p>")
+    for display in context.tables:
+        parts += [f"<h2>{html.escape(display.task)}</h2>", render.html_table(display)]
+        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in display.notes) + "</ul>")
+        for png in context.figures.get(display.task, []):
+            encoded = base64.b64encode(png.read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(png.stem)}' src='data:image/png;base64,{encoded}'>")
+    if not context.tuning.empty:
+        parts += ["<h2>Tuning</h2>", _readable(context.tuning, TUNING_COLUMNS).to_html(index=False, escape=True)]
+    parts.append("<h2>Failed and pruned runs</h2>")
+    parts.append(
+        "<p>None.</p>" if context.unfinished.empty
+        else _readable(context.unfinished, UNFINISHED_COLUMNS).to_html(index=False, escape=True)
+    )
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return [path]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

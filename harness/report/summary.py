@@ -1,0 +1,191 @@
+"""From the index of records to the numbers a paper reports: one row per cell, with statistics.
+
+Which records count: a tuned cell is reported through its finals (the best
+trial's configuration re-run per seed and scored on the test split), and only
+the finals its study summary lists, so finals left behind by an earlier,
+shorter study are not mixed in. A method with no tuned cell is reported
+through its plain runs. Trials never enter the quality table: their
+validation score chose them, so it is optimistically biased.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report import stats
+from harness.report.table import GROUP_AXES
+
+# Within one block (task, budget) every row is compared: bolding and Pareto fronts.
+BLOCK = ["task", "budget"]
+CELL = [*GROUP_AXES, "label", "cell"]
+EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log scale where the range is) sits on its edge
+
+
+def load_study_summaries(results_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Each tuned cell's summary (``studies/*.json``, written by the sweeper), by study name."""
+    folder = Path(results_dir) / "studies"
+    summaries = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        summaries[summary["study"]] = summary
+    return summaries
+
+
+def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Successful records that measure a cell's quality: current finals, else plain runs."""
+    ok = frame[frame["status"] == "success"]
+    finals = ok[ok["role"] == "final"]
+    current = {f["run_id"] for s in studies.values() for f in s.get("finals", [])}
+    listed = finals["study"].isin(studies.keys())
+    finals = finals[~listed | finals["run_id"].isin(current)]
+    tuned_groups = set(map(tuple, finals[GROUP_AXES].itertuples(index=False)))
+    runs = ok[ok["role"] == "run"]
+    runs = runs[[tuple(r) not in tuned_groups for r in runs[GROUP_AXES].itertuples(index=False)]]
+    chosen = pd.concat([finals, runs])
+    chosen = chosen.assign(quality=chosen["test"].where(chosen["test"].notna(), chosen["validation"]))
+    return chosen.assign(split=chosen["test"].notna().map({True: "test", False: "validation"}))
+
+
+def summarize(chosen: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """One row per cell: mean, std, n and 95% CI over seeds, costs, paired test against the reference."""
+    rows = [_cell_row(cell, group) for cell, group in chosen.groupby(CELL, dropna=False, sort=False)]
+    summary = pd.DataFrame(rows)
+    if summary.empty:
+        return summary
+    summary = _add_comparisons(summary, chosen, reference)
+    summary = _add_pareto(summary)
+    budget_order = summary.groupby("budget")["train_tokens"].mean().rank(method="first")
+    summary["budget_rank"] = summary["budget"].map(budget_order)
+    return summary.sort_values(["task", "budget_rank", "trainable", "label"], ascending=[True, True, False, True])
+
+
+def _cell_row(cell: tuple, group: pd.DataFrame) -> dict[str, Any]:
+    seeds = stats.summarize_seeds(group["quality"].tolist())
+    return {
+        **dict(zip(CELL, cell, strict=True)),
+        "role": group["role"].iloc[0],
+        "metric": group["metric"].iloc[0],
+        "split": group["split"].iloc[0],
+        "higher_is_better": bool(group["higher_is_better"].iloc[0]),
+        "mean": seeds.mean,
+        "std": seeds.std,
+        "n": seeds.n,
+        "ci_low": seeds.ci_low,
+        "ci_high": seeds.ci_high,
+        "seeds": ",".join(str(s) for s in sorted(group["seed"])),
+        "trainable": int(group["trainable"].iloc[0]),
+        "total_params": int(group["total_params"].iloc[0]),
+        "trainable_pct": float(group["trainable_pct"].iloc[0]),
+        "peak_mem_mib": group["peak_mem_mib"].mean(),
+        "memory_source": group["memory_source"].iloc[0],
+        "train_s": group["train_s"].mean(),
+        "tokens_per_s": group["tokens_per_s"].mean(),
+        "train_tokens": group["train_tokens"].mean(),
+        "tuned_params": group["tuned_params"].iloc[0],
+    }
+
+
+def _add_comparisons(summary: pd.DataFrame, chosen: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Δ and p of each cell against the reference method's cell in the same model, task and budget."""
+    per_seed = {cell: dict(zip(g["seed"], g["quality"], strict=True)) for cell, g in chosen.groupby(CELL, sort=False)}
+    results = []
+    for row in summary.itertuples(index=False):
+        references = summary[
+            (summary["model"] == row.model)
+            & (summary["task"] == row.task)
+            & (summary["budget"] == row.budget)
+            & (summary["method"] == reference)
+        ]
+        if row.method == reference or len(references) != 1:
+            results.append(stats.PairedComparison(math.nan, 0, math.nan, math.nan))
+            continue
+        ref_cell = tuple(references[CELL].iloc[0])
+        results.append(stats.compare_paired(per_seed[tuple(getattr(row, c) for c in CELL)], per_seed[ref_cell]))
+    return summary.assign(
+        delta=[r.delta for r in results],
+        n_pairs=[r.n_pairs for r in results],
+        p_ttest=[r.p_ttest for r in results],
+        p_wilcoxon=[r.p_wilcoxon for r in results],
+        is_reference=summary["method"] == reference,
+    )
+
+
+def _add_pareto(summary: pd.DataFrame) -> pd.DataFrame:
+    """Pareto membership within each block: fewest trainable parameters / least memory for the quality."""
+    summary = summary.copy()
+    summary["pareto_params"] = False
+    summary["pareto_memory"] = False
+    for _, block in summary.groupby(BLOCK, sort=False):
+        higher = bool(block["higher_is_better"].iloc[0])
+        for cost, column in (("trainable", "pareto_params"), ("peak_mem_mib", "pareto_memory")):
+            front = stats.pareto_front(block[cost].tolist(), block["mean"].tolist(), higher)
+            summary.loc[block.index, column] = front
+    return summary
+
+
+def unfinished_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Failed and pruned records, with their errors and the compute they spent."""
+    columns = ["task", "budget", "label", "seed", "role", "trial", "status", "error_kind", "pruned_at_step", "error"]
+    rows = frame[frame["status"].isin(["failed", "pruned"])]
+    return rows.reindex(columns=columns).sort_values(["status", "task", "label", "trial", "seed"], na_position="last")
+
+
+def tuning_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per tuned cell: its trials, best value and parameters, cost, and best values on a range's edge."""
+    labels = frame.dropna(subset=["study"]).drop_duplicates("study").set_index("study")["label"]
+    rows = []
+    for name, summary in studies.items():
+        best, cost, cell = summary.get("best") or {}, summary.get("tuning_cost") or {}, summary.get("cell") or {}
+        states = summary.get("states") or {}
+        rows.append(
+            {
+                "study": name,
+                "task": cell.get("task"),
+                "budget": cell.get("budget"),
+                "label": labels.get(name, cell.get("method")),
+                "trials": summary.get("trials"),
+                "complete": states.get("complete", 0),
+                "pruned": states.get("pruned", 0),
+                "failed": states.get("fail", 0),
+                "best_trial": best.get("trial"),
+                "best_value": best.get("value"),
+                "best_params": params_text(best.get("params") or {}),
+                "on_edge": ", ".join(edge_params(best.get("params") or {}, (summary.get("search") or {}).get("space") or {})),
+                "tuning_train_s": cost.get("train_seconds"),
+                "tuning_eval_s": cost.get("eval_seconds"),
+                "tuning_tokens": cost.get("train_tokens"),
+            }
+        )
+    return pd.DataFrame(rows).sort_values(["task", "budget", "label"]) if rows else pd.DataFrame(rows)
+
+
+def params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def edge_params(params: dict[str, Any], space: dict[str, Any]) -> list[str]:
+    """Searched parameters whose best value sits at an end of its range: the optimum may lie outside it."""
+    return [name for name, value in params.items() if name in space and _on_edge(value, space[name])]
+
+
+def _on_edge(value: Any, distribution: dict[str, Any]) -> bool:
+    attributes = distribution.get("attributes") or {}
+    if "choices" in attributes:
+        choices = list(attributes["choices"])
+        ordered = all(isinstance(c, int | float) for c in choices)
+        return ordered and len(choices) > 1 and value in (min(choices), max(choices))
+    low, high = attributes.get("low"), attributes.get("high")
+    if low is None or high is None or high <= low:
+        return False
+    if attributes.get("log"):
+        low, high, value = math.log(low), math.log(high), math.log(value)
+    position = (value - low) / (high - low)
+    return position <= EDGE_FRACTION or position >= 1 - EDGE_FRACTION

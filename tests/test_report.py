@@ -1,0 +1,361 @@
+"""The reporting layer on synthetic records with known values: numbers, formats, failures, errors."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from harness import records
+from harness.report import cli, render, stats, summary, table
+
+# Hand-chosen test accuracies per method and seed.
+ACCURACY = {
+    "full": [0.90, 0.92, 0.94],
+    "lora": [0.88, 0.91, 0.91],
+    "ia3": [0.80, 0.86, 0.83],
+    "prompt": [0.60, 0.62, 0.58],
+}
+TRAINABLE = {"full": 22_000_000, "lora": 40_000, "ia3": 17_000, "prompt": 20_000}
+MEMORY_MIB = {"full": 900.0, "lora": 600.0, "ia3": 620.0, "prompt": 500.0}
+
+
+def synthetic_record(method: str, seed: int, test: float | None, *, task="toy_sentiment", budget="tiny", role="run",
+                     status="success", higher_is_better=True, config_extra=None, tuning=None, **fields) -> dict:
+    config = {"model": {"name": "minilm"}, "task": {"name": task}, "method": {"name": method, "lr": 1e-3},
+              "budget": {"name": budget}, "seed": seed, "role": role, "tuning": tuning or {}}
+    for dotted, value in (config_extra or {}).items():
+        config["method"][dotted] = value
+    record = {
+        "schema_version": 1, "status": status, "error": None, "role": role, "tuning": tuning or {},
+        "model": "minilm", "task": task, "method": method, "budget": budget, "objective": "cls", "seed": seed,
+        "metrics": {}, "primary_metric": {"name": "accuracy" if higher_is_better else "loss",
+                                          "higher_is_better": higher_is_better,
+                                          "validation": None if test is None else test + 0.01, "test": test},
+        "params": {"trainable": TRAINABLE[method], "total": 22_700_000,
+                   "trainable_percent": 100 * TRAINABLE[method] / 22_700_000},
+        "memory": {"source": "process_rss_sampled_20ms", "device": "cpu", "peak_bytes": 2**30,
+                   "peak_above_baseline_bytes": MEMORY_MIB[method] * 2**20},
+        "time": {"train_seconds": 100.0, "eval_seconds": 5.0, "train_tokens_per_second": 1000.0},
+        "compute": {"train_tokens": 100_000 if budget == "tiny" else 400_000, "steps": 150},
+        "learning_curve": [{"step": 0, "eval_accuracy": 0.5}, {"step": 50, "loss": 0.6},
+                           {"step": 50, "eval_accuracy": 0.8}],
+        "training": {}, "trained_bytes": 1000, "config": config,
+        "environment": {"cpu": "Test CPU", "cpu_count": 2, "packages": {"torch": "2.13.0"}, "git_revision": "abc1234"},
+    }
+    record.update(fields)
+    record["run_id"] = records.run_id(_as_cfg(record))
+    return record
+
+
+def _as_cfg(record):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({**record["config"], "status_for_id": record["status"], "test_for_id": record["primary_metric"]["test"]})
+
+
+def write_records(results_dir, recs) -> None:
+    for record in recs:
+        records.write_record(records.record_path(results_dir, record["run_id"]), record)
+
+
+def standard_records(methods=ACCURACY) -> list[dict]:
+    return [synthetic_record(m, seed, acc) for m in methods for seed, acc in enumerate(ACCURACY[m])]
+
+
+@pytest.fixture
+def cells():
+    frame = table.records_frame(standard_records())
+    return summary.summarize(summary.quality_rows(frame, {}), "full").set_index("method")
+
+
+# --- statistics against hand computations and scipy --------------------------------------------------------
+
+
+def test_seed_summary_matches_a_hand_computation():
+    result = stats.summarize_seeds([0.80, 0.86, 0.83])
+    # mean 0.83; deviations -0.03, 0.03, 0 -> variance 0.0018/2 = 0.0009, std 0.03; t(0.975, 2) = 4.302653
+    assert result.mean == pytest.approx(0.83)
+    assert result.std == pytest.approx(0.03)
+    assert result.n == 3
+    assert result.ci_low == pytest.approx(0.83 - 4.302653 * 0.03 / math.sqrt(3), abs=1e-6)
+    assert result.ci_high == pytest.approx(0.83 + 0.0745241, abs=1e-6)
+
+
+def test_one_seed_has_a_mean_but_no_spread_and_missing_values_are_dropped():
+    result = stats.summarize_seeds([0.7, None, float("nan")])
+    assert (result.mean, result.n) == (0.7, 1)
+    assert math.isnan(result.std) and math.isnan(result.ci_low) and math.isnan(result.ci_high)
+    assert stats.summarize_seeds([]).n == 0
+
+
+def test_paired_comparison_agrees_with_scipy_and_pairs_by_seed():
+    method = {0: 0.88, 1: 0.91, 2: 0.91, 7: 0.5}  # seed 7 has no reference run: left out
+    reference = {0: 0.90, 1: 0.92, 2: 0.94}
+    result = stats.compare_paired(method, reference)
+    assert result.n_pairs == 3
+    assert result.delta == pytest.approx((-0.02 - 0.01 - 0.03) / 3)
+    assert result.p_ttest == pytest.approx(scipy_stats.ttest_rel([0.88, 0.91, 0.91], [0.90, 0.92, 0.94]).pvalue)
+    assert math.isnan(result.p_wilcoxon)  # below six pairs
+
+
+def test_wilcoxon_is_reported_from_six_pairs_and_equals_scipy():
+    a = {s: 0.8 + 0.01 * s for s in range(6)}
+    b = {s: 0.79 + 0.013 * s + (0.002 if s % 2 else 0) for s in range(6)}
+    result = stats.compare_paired(a, b)
+    assert result.p_wilcoxon == pytest.approx(scipy_stats.wilcoxon(list(a.values()), list(b.values())).pvalue)
+    assert result.p_ttest == pytest.approx(scipy_stats.ttest_rel(list(a.values()), list(b.values())).pvalue)
+
+
+def test_identical_paired_runs_have_zero_delta_and_no_p_value():
+    result = stats.compare_paired({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8})
+    assert result.delta == 0 and math.isnan(result.p_ttest)
+
+
+def test_pareto_front_by_hand():
+    costs = [10, 20, 30, 30, 40, float("nan")]
+    quality = [0.5, 0.7, 0.6, 0.7, 0.9, 1.0]
+    # 0: cheapest; 1: better than 0; 2: dominated by 1; 3: ties 1 on quality at higher cost; 4: best; 5: no cost
+    assert stats.pareto_front(costs, quality) == [True, True, False, False, True, False]
+    # lower is better (a loss): the cheapest point with the lowest loss dominates all the others
+    assert stats.pareto_front([10, 20, 30], [0.3, 0.2, 0.4], higher_is_better=False) == [True, True, False]
+    assert stats.pareto_front([10, 10], [0.5, 0.5]) == [True, True]  # identical points do not dominate each other
+
+
+# --- the summary table ------------------------------------------------------------------------------------
+
+
+def test_summary_numbers_match_hand_computation(cells):
+    ia3 = cells.loc["ia3"]
+    assert ia3["mean"] == pytest.approx(0.83) and ia3["std"] == pytest.approx(0.03) and ia3["n"] == 3
+    assert ia3["ci_low"] == pytest.approx(0.83 - 0.0745241, abs=1e-6)
+    assert ia3["delta"] == pytest.approx(((0.80 - 0.90) + (0.86 - 0.92) + (0.83 - 0.94)) / 3)
+    assert ia3["p_ttest"] == pytest.approx(scipy_stats.ttest_rel(ACCURACY["ia3"], ACCURACY["full"]).pvalue)
+    assert cells.loc["full", "is_reference"] and math.isnan(cells.loc["full", "delta"])
+    assert cells.loc["lora", "trainable_pct"] == pytest.approx(100 * 40_000 / 22_700_000)
+
+
+def test_pareto_membership_in_the_summary(cells):
+    # params: prompt 20K but 0.60; ia3 17K 0.83; lora 40K 0.90; full 22M 0.92 -> prompt is dominated by ia3
+    assert dict(cells["pareto_params"]) == {"full": True, "lora": True, "ia3": True, "prompt": False}
+    # memory: prompt 500 MiB (cheapest), lora 600, ia3 620 (dominated by lora), full 900
+    assert dict(cells["pareto_memory"]) == {"full": True, "lora": True, "ia3": False, "prompt": True}
+
+
+def test_best_value_per_column_is_bold(cells):
+    (display,) = render.display_tables(cells.reset_index(), "full")
+    bold = display.bold.set_index(display.cells["Method"])
+    assert bold.loc["full", "accuracy (test)"] and bold["accuracy (test)"].sum() == 1
+    assert bold.loc["ia3", "Trainable"] and bold["Trainable"].sum() == 1
+    assert bold.loc["prompt", "Peak mem (MiB)"] and bold["Peak mem (MiB)"].sum() == 1
+    assert bold["Train (s)"].all()  # every method took 100.0 s: all tied, all bold
+    row = display.cells.set_index("Method").loc["ia3"]
+    assert row["accuracy (test)"] == "0.830 ± 0.030"
+    assert row["95% CI"] == "[0.755, 0.905]"
+    assert row["Δ vs full"] == "-0.090"
+    assert row["Pareto"] == "params"
+
+
+def test_lower_is_better_metrics_bold_the_minimum_and_flip_the_front():
+    recs = [synthetic_record(m, s, 1.0 - a, higher_is_better=False) for m in ("full", "ia3") for s, a in enumerate(ACCURACY[m])]
+    cells = summary.summarize(summary.quality_rows(table.records_frame(recs), {}), "full")
+    (display,) = render.display_tables(cells, "full")
+    bold = display.bold.set_index(display.cells["Method"])
+    assert bold.loc["full", "loss (test)"] and not bold.loc["ia3", "loss (test)"]
+    assert cells.set_index("method")["pareto_params"].all()
+
+
+def test_a_grid_over_rank_gives_one_labelled_row_per_rank():
+    recs = [synthetic_record("lora", s, 0.8 + 0.01 * r, config_extra={"r": r}) for r in (4, 8) for s in range(2)]
+    frame = table.records_frame(recs)
+    assert sorted(set(frame["label"])) == ["lora (r=4)", "lora (r=8)"]
+    cells = summary.summarize(summary.quality_rows(frame, {}), "full")
+    assert dict(zip(cells["label"], cells["mean"], strict=True)) == pytest.approx({"lora (r=4)": 0.84, "lora (r=8)": 0.88})
+
+
+def test_tuned_cells_report_their_current_finals_only(tmp_path):
+    tuning = {"study": "minilm/toy_sentiment/lora/tiny#abc", "trial": 1, "params": {"lr": 0.002, "r": 8}}
+    trials = [synthetic_record("lora", 0, None, role="trial", tuning={**tuning, "trial": t}, validation=0.9) for t in range(2)]
+    finals = [synthetic_record("lora", s, a, role="final", tuning=tuning) for s, a in enumerate([0.90, 0.92])]
+    stale = synthetic_record("lora", 0, 0.10, role="final", tuning={**tuning, "trial": 0})
+    untuned = [synthetic_record("lora", s, 0.5) for s in range(2)]
+    study = {"study": tuning["study"], "cell": {"task": "toy_sentiment", "budget": "tiny", "method": "lora"},
+             "finals": [{"run_id": f["run_id"]} for f in finals], "best": {"trial": 1, "value": 0.9, "params": tuning["params"]},
+             "search": {"space": {"lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 1e-2, "log": True}},
+                                  "r": {"name": "CategoricalDistribution", "attributes": {"choices": [4, 8, 16]}}}},
+             "states": {"complete": 2}, "trials": 2, "tuning_cost": {"train_seconds": 200.0}}
+    frame = table.records_frame([*trials, *finals, stale, *untuned])
+    chosen = summary.quality_rows(frame, {study["study"]: study})
+    assert sorted(chosen["run_id"]) == sorted(f["run_id"] for f in finals)
+    (row,) = summary.summarize(chosen, "full").to_dict("records")
+    assert row["mean"] == pytest.approx(0.91) and row["role"] == "final"
+    tuning_table = summary.tuning_rows(frame, {study["study"]: study})
+    assert tuning_table["best_params"].iloc[0] == "lr=0.002, r=8"
+    assert tuning_table["on_edge"].iloc[0] == ""
+
+
+def test_best_values_on_the_edge_of_their_range_are_flagged():
+    space = {"lr": {"attributes": {"low": 1e-5, "high": 1e-2, "log": True}},
+             "r": {"attributes": {"choices": [4, 8, 16, 32]}},
+             "dropout": {"attributes": {"low": 0.0, "high": 0.5, "log": False}}}
+    assert summary.edge_params({"lr": 9.5e-3, "r": 8, "dropout": 0.25}, space) == ["lr"]
+    assert summary.edge_params({"lr": 1e-4, "r": 4, "dropout": 0.49}, space) == ["r", "dropout"]
+    assert summary.edge_params({"lr": 3e-4, "r": 16, "dropout": 0.1}, space) == []
+
+
+# --- the command: every format, failures, bad input ----------------------------------------------------------
+
+
+class _HTMLCounter(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_every_format_is_written_and_parses(tmp_path):
+    results = tmp_path / "results"
+    write_records(results, standard_records())
+    assert cli.main([str(results)]) == 0
+    out = results / "report"
+    written = pd.read_csv(out / "summary.csv").set_index("method")
+    assert written.loc["ia3", "mean"] == pytest.approx(0.83) and written.loc["ia3", "n"] == 3
+    index = pd.read_parquet(out / "index.parquet")
+    assert len(index) == 12 and len(pd.read_csv(out / "index.csv")) == 12
+    markdown = (out / "report.md").read_text()
+    assert "| ia3 | 0.830 ± 0.030 | 3 | [0.755, 0.905] |" in markdown
+    assert "**0.920 ± 0.020**" in markdown
+    for name in ("quality_vs_params", "quality_vs_memory", "quality_vs_budget", "training_curves"):
+        for extension in ("png", "pdf"):
+            assert (out / "plots" / f"toy_sentiment_{name}.{extension}").stat().st_size > 1000
+        assert f"(plots/toy_sentiment_{name}.png)" in markdown
+    page = _HTMLCounter()
+    page.feed((out / "report.html").read_text())
+    assert page.tags.get("table", 0) >= 1 and len(page.images) == 4
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    _check_latex((out / "summary.tex").read_text(), columns=len(pd.read_csv(out / "summary.csv")))
+
+
+def test_the_report_is_a_pure_function_of_the_records(tmp_path):
+    results = tmp_path / "results"
+    write_records(results, standard_records())
+    outputs = []
+    for attempt in ("a", "b"):
+        assert cli.main([str(results), "--out", str(tmp_path / attempt)]) == 0
+        outputs.append({p.relative_to(tmp_path / attempt): p.read_bytes() for p in (tmp_path / attempt).rglob("*.*")})
+    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) > 10
+    assert [p for p in outputs[0] if outputs[0][p] != outputs[1][p]] == []
+
+
+def _check_latex(latex: str, columns: int) -> None:
+    assert latex.count(r"\begin{table}") == latex.count(r"\end{table}") == 1
+    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    body = latex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    header = latex.split(r"\toprule")[1].split(r"\midrule")[0].strip()
+    assert len(body) == columns
+    assert {line.count(" & ") for line in body} == {header.count(" & ")}
+    assert r"\textbf{0.920 $\pm$ 0.020}" in latex and "toy\\_sentiment" in latex
+    assert latex.count("{") == latex.count("}")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_latex_table_compiles(tmp_path):
+    results = tmp_path / "results"
+    write_records(results, standard_records())
+    assert cli.main([str(results), "--formats", "tex"]) == 0
+    document = tmp_path / "doc.tex"
+    document.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+                        f"\\input{{{results / 'report' / 'summary.tex'}}}\\end{{document}}")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_failed_and_pruned_runs_are_listed_and_kept_out_of_the_quality_table(tmp_path):
+    results = tmp_path / "results"
+    recs = standard_records({"full": None, "lora": None})
+    broken = synthetic_record("ia3", 0, None, status="failed", error="NonFiniteLossError: loss is nan at step 3",
+                              error_kind="non_finite_loss")
+    pruned = synthetic_record("prompt", 0, None, status="pruned", pruned_at_step=50)
+    write_records(results, [*recs, broken, pruned])
+    (results / "runs" / ".half-written.tmp").write_text("{")
+    (results / "runs" / "garbage.json").write_text("{not json")
+    assert cli.main([str(results), "--formats", "md,csv"]) == 0
+    out = results / "report"
+    assert set(pd.read_csv(out / "summary.csv")["method"]) == {"full", "lora"}
+    unfinished = pd.read_csv(out / "failed_and_pruned.csv")
+    assert list(unfinished["status"]) == ["failed", "pruned"]
+    assert unfinished["error_kind"].iloc[0] == "non_finite_loss" and unfinished["pruned_at_step"].iloc[1] == 50
+    markdown = (out / "report.md").read_text()
+    assert "NonFiniteLossError: loss is nan at step 3" in markdown
+    assert "6 success, 1 pruned, 1 failed" in markdown
+    assert not (out / "report.html").exists()
+
+
+def test_several_budgets_become_rows_with_bold_per_budget(tmp_path):
+    recs = standard_records() + [synthetic_record(m, s, a + 0.02, budget="small") for m in ("full", "ia3")
+                                 for s, a in enumerate(ACCURACY[m])]
+    cells = summary.summarize(summary.quality_rows(table.records_frame(recs), {}), "full")
+    assert list(cells["budget"]) == ["tiny"] * 4 + ["small"] * 2  # ordered by training tokens, not by name
+    (display,) = render.display_tables(cells, "full")
+    assert "Budget" in display.cells.columns
+    bold_quality = display.cells[display.bold["accuracy (test)"]]
+    assert list(zip(bold_quality["Budget"], bold_quality["Method"], strict=True)) == [("tiny", "full"), ("small", "full")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--formats", "md,xls"], "error: --formats: unknown xls; allowed: md, csv, tex, html"),
+        (["--reference", "nosuch"], "error: --reference: no records of method 'nosuch'; methods present: full, ia3"),
+    ],
+)
+def test_bad_options_give_one_line_errors(tmp_path, capsys, argv, message):
+    results = tmp_path / "results"
+    write_records(results, standard_records({"full": None, "ia3": None}))
+    assert cli.main([str(results), *argv]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (results / "report").exists()
+
+
+def test_a_folder_without_records_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: RESULTS_DIR: {tmp_path / 'nowhere'} is not a folder"
+    assert cli.main([str(tmp_path)]) == 2
+    assert "no readable run records" in capsys.readouterr().err
+
+
+def test_without_the_reference_method_there_is_no_comparison_column(tmp_path):
+    results = tmp_path / "results"
+    write_records(results, standard_records({"lora": None, "ia3": None}))
+    assert cli.main([str(results), "--formats", "md"]) == 0
+    markdown = (results / "report" / "report.md").read_text()
+    assert "Δ vs" not in markdown and "No full runs in this task" in markdown
+    assert cli.main([str(results), "--formats", "md", "--reference", "lora"]) == 0
+    assert "| ia3 | 0.830 ± 0.030 | 3 | [0.755, 0.905] |" in (results / "report" / "report.md").read_text()
+    assert "Δ vs lora" in (results / "report" / "report.md").read_text()
+
+
+def test_the_console_script_is_installed_and_reports(tmp_path):
+    results = tmp_path / "results"
+    write_records(results, standard_records({"full": None, "lora": None}))
+    script = Path(sys.executable).parent / "harness-report"
+    done = subprocess.run([str(script), str(results), "--out", str(tmp_path / "paper"), "--formats", "csv"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {tmp_path / 'paper' / 'summary.csv'}" in done.stdout.splitlines()
+    assert "| Method | accuracy (test) | n | 95% CI |" in done.stdout  # the main table, printed
+    assert len(pd.read_csv(tmp_path / "paper" / "summary.csv")) == 2
+    assert not (tmp_path / "paper" / "report.md").exists()
