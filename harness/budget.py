@@ -15,9 +15,17 @@ from typing import Any
 from omegaconf import DictConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+# Training-side logs kept in the learning curve besides the loss: what RL objectives optimise and pay.
+CURVE_TRAIN_KEYS = ("score", "reward", "kl", "clip_fraction", "response_length", "completions/mean_length")
 # When only tokens or seconds bound a run, the Trainer still needs a step
 # count; this one is never reached, and the schedule is constant (see run.py).
 UNBOUNDED_STEPS = 10**9
+
+
+def sequence_length(cfg: DictConfig) -> int:
+    """Tokens per example: the task's own length where it sets one (a chat prompt plus its answer does
+    not fit a classification budget's 64 tokens), else the budget's. The same for every method on a task."""
+    return int(cfg.task.get("max_seq_length") or cfg.budget.max_seq_length)
 
 
 def trainer_max_steps(budget: DictConfig) -> int:
@@ -64,7 +72,7 @@ class BudgetCallback(TrainerCallback):
         point = {
             k: v
             for k, v in logs.items()
-            if k == "loss" or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+            if k == "loss" or k in CURVE_TRAIN_KEYS or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
         }
         if point:
             self.learning_curve.append({"step": state.global_step, **point})

@@ -64,8 +64,9 @@ def _figure(value: float | None) -> str:
 def _summary(record: dict) -> str:
     primary = record["primary_metric"]
     role = "" if record.get("role", "run") == "run" else f" [{record['role']} {record['tuning']['trial']}]"
+    objective = "" if record.get("objective") in (None, "cls") else f"{record['objective']}+"
     return (
-        f"{record['method']} on {record['task']} ({record['budget']}, seed {record['seed']}){role}: "
+        f"{objective}{record['method']} on {record['task']} ({record['budget']}, seed {record['seed']}){role}: "
         f"{record['status']}, {primary['name']} val={_figure(primary['validation'])} test={_figure(primary['test'])}; "
         f"trainable {record['params']['trainable']:,} / {record['params']['total']:,}; "
         f"peak mem +{record['memory']['peak_above_baseline_bytes'] / 2**20:.0f} MiB; "

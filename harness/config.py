@@ -23,7 +23,15 @@ METHOD_HARNESS_KEYS = ("name", "lr", "quantization", "search")
 QUANTIZATIONS = (None, "4bit", "8bit")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TASK_TYPES = ("classification",)
+TASK_TYPES = ("classification", "instruction", "preference")
+# Metrics the trainer computes itself on held-out data: the objective's own loss (lower is better).
+TRAINER_METRICS = ("loss",)
+# The source-column keys each task type must name (the data stage renames them).
+TASK_COLUMN_KEYS = {
+    "classification": ("text_column", "label_column"),
+    "instruction": ("prompt_column", "completion_column"),
+    "preference": ("prompt_column", "chosen_column", "rejected_column"),
+}
 ROLES = ("run", "trial", "final")
 STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
 # Method hyperparameters that must be positive integers wherever they appear.
@@ -153,10 +161,26 @@ def validate_task(task: DictConfig) -> None:
     if not names:
         raise ConfigError("task.metrics", "must list at least one {name, higher_is_better}")
     for i, name in enumerate(names):
-        _require_choice(f"task.metrics[{i}].name", name, available_metrics())
+        _require_choice(f"task.metrics[{i}].name", name, [*available_metrics(), *TRAINER_METRICS])
     _require_choice("task.primary_metric", task.get("primary_metric"), names)
-    if not task.get("label_names"):
+    for key in TASK_COLUMN_KEYS[task.type]:
+        if key == "prompt_column" and (task.get("prompt_template") or task.get("shared_prompt_marker")):
+            continue
+        if not isinstance(task.get(key), str) or not task.get(key):
+            raise ConfigError(f"task.{key}", f"must name a column of the data for a {task.type} task")
+    if task.type == "classification" and not task.get("label_names"):
         raise ConfigError("task.label_names", "must list the class names in label order")
+    length = task.get("max_seq_length")
+    if length is not None and not _is_positive(length, integer=True):
+        raise ConfigError("task.max_seq_length", f"must be a positive integer or null (got {length!r})")
+    if "exact_match" in names and not task.get("answer_column"):
+        raise ConfigError("task.answer_column", "must name the reference-answer column when exact_match is a metric")
+    for key in ("answer_pattern", "reference_answer_pattern"):
+        if task.get(key):
+            try:
+                re.compile(task.get(key))
+            except re.error as error:
+                raise ConfigError(f"task.{key}", f"is not a valid regular expression: {error}") from None
     files = task.get("data_files")
     if files is not None:
         items = files.items() if isinstance(files, DictConfig) else [(None, files)]
@@ -165,6 +189,17 @@ def validate_task(task: DictConfig) -> None:
                 _check_readable("task.data_files" + (f".{split}" if split else ""), one)
     if task.get("data_dir") is not None and not Path(task.data_dir).expanduser().is_dir():
         raise ConfigError("task.data_dir", f"not a folder: {task.data_dir}")
+
+
+def validate_objective(objective: DictConfig, task: DictConfig) -> None:
+    """The objective trains on this task's type (its YAML lists the types it accepts)."""
+    if objective is None or not objective.get("_target_"):
+        raise ConfigError("objective", "is not set; choose one with objective=<name> (see conf/objective/)")
+    types = list(objective.get("task_types") or [])
+    if task.get("type") not in types:
+        raise ConfigError(
+            "objective", f"{objective.name!r} does not train on {task.get('type')} tasks; it needs a task of type {' or '.join(types)}"
+        )
 
 
 def validate_train(train: DictConfig) -> None:
@@ -182,6 +217,7 @@ def validate(cfg: DictConfig) -> None:
     validate_method(cfg.method)
     validate_model(cfg.model, cfg.method)
     validate_task(cfg.task)
+    validate_objective(cfg.get("objective"), cfg.task)
     validate_train(cfg.train)
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         raise ConfigError("seed", f"must be an integer (got {cfg.get('seed')!r})")

@@ -11,6 +11,7 @@ ConfigErrors, before any model is loaded.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,19 +100,26 @@ def _select_splits(task: DictConfig, raw: DatasetDict) -> DatasetDict:
             raise ConfigError(f"task.{key}", f"split {name!r} not in the data; available: {', '.join(raw)}")
         return raw[name]
 
-    train = pick("train_split")
-    if task.get("validation_split"):
-        validation = pick("validation_split")
-    else:
-        size = task.get("validation_size")
+    def carve(train: datasets.Dataset, split: str, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+        size = task.get(f"{split}_size")
         if not isinstance(size, int) or not 0 < size < len(train):
             raise ConfigError(
-                "task.validation_size",
-                f"must be an integer in (0, {len(train)}) when task.validation_split is null (got {size!r})",
+                f"task.{split}_size",
+                f"must be an integer in (0, {len(train)}) when task.{split}_split is null (got {size!r})",
             )
-        carved = train.train_test_split(test_size=size, seed=task.get("validation_seed", 0), shuffle=True)
-        train, validation = carved["train"], carved["test"]
-    return DatasetDict(train=train, validation=validation, test=pick("test_split"))
+        carved = train.train_test_split(test_size=size, seed=seed, shuffle=True)
+        return carved["train"], carved["test"]
+
+    train = pick("train_split")
+    seed = task.get("validation_seed", 0)
+    # A dataset with one split (Dolly) gives its test split first, then validation, each with its own fixed carve.
+    test = pick("test_split") if task.get("test_split") else None
+    if test is None:
+        train, test = carve(train, "test", seed + 1)
+    validation = pick("validation_split") if task.get("validation_split") else None
+    if validation is None:
+        train, validation = carve(train, "validation", seed)
+    return DatasetDict(train=train, validation=validation, test=test)
 
 
 def _normalise_columns(task: DictConfig, splits: DatasetDict) -> DatasetDict:
@@ -160,9 +168,112 @@ def _encode_labels(data: datasets.Dataset, label_names: list[str], split: str) -
     )
 
 
+# The columns each generative task type is normalised to, and the task keys naming their source columns.
+GENERATIVE_COLUMNS = {
+    "instruction": {"prompt": "prompt_column", "completion": "completion_column"},
+    "preference": {"prompt": "prompt_column", "chosen": "chosen_column", "rejected": "rejected_column"},
+}
+
+
 def load_task(task: DictConfig) -> DatasetDict:
-    """The task's train/validation/test splits with columns text[, text_pair], label."""
-    return _normalise_columns(task, _select_splits(task, _load_raw(task)))
+    """The task's train/validation/test splits in its type's columns.
+
+    classification: text[, text_pair], label. instruction: prompt, completion
+    [, answer]. preference: prompt, chosen, rejected [, answer].
+    """
+    splits = _select_splits(task, _load_raw(task))
+    if task.type == "classification":
+        return _normalise_columns(task, splits)
+    return DatasetDict({name: _normalise_generative(task, split, name) for name, split in splits.items()})
+
+
+def _normalise_generative(task: DictConfig, data: datasets.Dataset, split: str) -> datasets.Dataset:
+    """Rename to the type's columns; build the prompt from a template; extract reference answers.
+
+    ``prompt_template`` (``"{instruction}\n\n{input}"``) joins several source
+    columns into the prompt, dropping a blank line where a column is empty.
+    ``answer_column`` with ``reference_answer_pattern`` (a regex with one
+    group, e.g. GSM8K's ``#### (\\S+)``) gives the answer exact match scores against.
+    """
+    wanted = {new: task.get(key) for new, key in GENERATIVE_COLUMNS[task.type].items()}
+    template = task.get("prompt_template")
+    if template:
+        wanted.pop("prompt")
+    answer_source = task.get("answer_column")
+    if answer_source:
+        wanted["answer"] = answer_source
+    if task.get("shared_prompt_marker"):
+        wanted.pop("prompt", None)
+    needed = set(wanted.values()) | set(_template_fields(template))
+    missing = sorted(c for c in needed if c not in data.column_names)
+    if missing:
+        key = next((f"task.{k}" for new, k in GENERATIVE_COLUMNS[task.type].items() if task.get(k) == missing[0]), None)
+        key = key or ("task.answer_column" if missing[0] == answer_source else "task.prompt_template")
+        raise ConfigError(key, f"column {missing[0]!r} not in the {split} data; available: {', '.join(data.column_names)}")
+    pattern = task.get("reference_answer_pattern")
+    marker = task.get("shared_prompt_marker")
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        out = {new: _as_text(row[old]) for new, old in wanted.items()}
+        if template:
+            out["prompt"] = _fill(template, row)
+        if marker:
+            out.update(split_shared_prompt(out["chosen"], out["rejected"], marker))
+        if "answer" in out and pattern:
+            out["answer"] = extract_answer(str(out["answer"]), pattern)
+        return out
+
+    return data.map(convert, remove_columns=data.column_names)
+
+
+def _as_text(value: Any) -> Any:
+    """A completion given as a conversation (UltraFeedback) becomes its last assistant message."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
+        return next((m["content"] for m in reversed(value) if m.get("role") == "assistant"), value[-1]["content"])
+    return value
+
+
+def split_shared_prompt(chosen: str, rejected: str, marker: str) -> dict[str, str]:
+    """Dialogues stored whole (Anthropic HH: ``...\n\nAssistant: answer``) split into the shared
+    prompt, up to and including the last ``marker`` both share, and the two answers after it."""
+    common = len(os.path.commonprefix([chosen, rejected]))
+    cut = chosen.rfind(marker, 0, common + 1)
+    if cut < 0:
+        return {"prompt": "", "chosen": chosen, "rejected": rejected}
+    end = cut + len(marker)
+    return {"prompt": chosen[:end].strip(), "chosen": chosen[end:].strip(), "rejected": rejected[end:].strip()}
+
+
+def _template_fields(template: str | None) -> list[str]:
+    import string
+
+    return [field for _, field, _, _ in string.Formatter().parse(template or "") if field]
+
+
+def _fill(template: str, row: dict[str, Any]) -> str:
+    """The template with each field filled; a paragraph whose fields are all empty is left out."""
+    paragraphs = []
+    for paragraph in template.split("\n\n"):
+        fields = _template_fields(paragraph)
+        if fields and all(not str(row.get(f) or "").strip() for f in fields):
+            continue
+        paragraphs.append(paragraph.format(**{f: row.get(f) or "" for f in fields}))
+    return "\n\n".join(paragraphs)
+
+
+def extract_answer(text: str, pattern: str | None) -> str:
+    """The answer inside a generation or reference: the pattern's last match (group 1 if any), else the first line."""
+    import re
+
+    if pattern:
+        matches = list(re.finditer(pattern, text))
+        if not matches:
+            return ""
+        last = matches[-1]
+        value = (last.group(1) if last.groups() else last.group(0)).strip()
+        return value.replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", value) else value
+    lines = text.strip().splitlines()
+    return lines[0].strip().strip(".'\"` ") if lines else ""
 
 
 def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:

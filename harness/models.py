@@ -8,7 +8,10 @@ random initialisation from the same config for fast tests.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import ConfigError
 
 EMBEDDED_SCHEME = "embedded://"
+CACHE_ENV = "FT_HARNESS_CACHE"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -36,13 +40,78 @@ def resolve_pretrained(pretrained: str) -> str:
     return str(folder)
 
 
+def cache_dir() -> Path:
+    """Where converted models live: $FT_HARNESS_CACHE, else the user's cache folder."""
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "ft-harness"
+    return Path(root).expanduser()
+
+
+def _gguf_cache(folder: str, gguf_file: str) -> Path:
+    """The converted copy's folder, keyed by the GGUF file's name, size and first MiB (cheap and exact enough)."""
+    path = Path(folder) / gguf_file
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read(2**20) + str(path.stat().st_size).encode()).hexdigest()[:12]
+    return cache_dir() / "gguf" / f"{Path(gguf_file).stem}-{digest}"
+
+
+def _check_gguf(model: DictConfig) -> tuple[str, str]:
+    folder = resolve_pretrained(model.pretrained)
+    if not (Path(folder) / model.gguf_file).is_file():
+        present = ", ".join(sorted(p.name for p in Path(folder).glob("*.gguf"))) or "none"
+        raise ConfigError("model.gguf_file", f"{model.gguf_file!r} not in {folder}; GGUF files there: {present}")
+    return folder, model.gguf_file
+
+
+def model_folder(model: DictConfig) -> str:
+    """A folder ``from_pretrained`` loads quickly; a GGUF checkpoint is dequantised into the cache once.
+
+    Converting SmolLM2-135M takes seconds; reloading the safetensors copy
+    afterwards is what every later run pays. The copy is written to a
+    temporary folder and renamed, so concurrent runs never see half of it.
+    """
+    if not model.get("gguf_file"):
+        return resolve_pretrained(model.pretrained)
+    folder, gguf_file = _check_gguf(model)
+    target = _gguf_cache(folder, gguf_file)
+    if (target / "config.json").exists():
+        return str(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        # The weights are plain float tensors now; transformers still tags the model as GGUF-quantized and
+        # refuses to save it, so drop the tag and save it as the ordinary model it is.
+        dequantized.hf_quantizer = None
+        dequantized.config.__dict__.pop("quantization_config", None)
+        dequantized.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").exists():  # not a lost race with another process: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def _config_source(model: DictConfig) -> tuple[str, dict[str, Any]]:
+    """Where to read the architecture config: the converted copy, else the GGUF header (no weights read)."""
+    if not model.get("gguf_file"):
+        return resolve_pretrained(model.pretrained), {}
+    folder, gguf_file = _check_gguf(model)
+    converted = _gguf_cache(folder, gguf_file)
+    return (str(converted), {}) if (converted / "config.json").exists() else (folder, {"gguf_file": gguf_file})
+
+
 def load_config(model: DictConfig, num_labels: int):
     """The architecture config with the task's label count and any overrides."""
     from transformers import AutoConfig
 
-    path = resolve_pretrained(model.pretrained)
+    path, extra = _config_source(model)
     try:
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels, **extra)
     except OSError as error:
         first = str(error).splitlines()[0]
         raise ConfigError(
@@ -54,24 +123,39 @@ def load_config(model: DictConfig, num_labels: int):
     return config
 
 
-def module_names(model: DictConfig, num_labels: int) -> list[str]:
+# What a model is loaded as: a scorer with a new head (classification, reward) or a generator.
+# A value model (PPO) is a token classifier with one output: a score at every position.
+HEADS = ("sequence_classification", "causal_lm", "token_classification")
+
+
+def _auto_class(head: str):
+    import transformers
+
+    names = {
+        "sequence_classification": "AutoModelForSequenceClassification",
+        "causal_lm": "AutoModelForCausalLM",
+        "token_classification": "AutoModelForTokenClassification",
+    }
+    return getattr(transformers, names[head])
+
+
+def module_names(model: DictConfig, num_labels: int, head: str = "sequence_classification") -> list[str]:
     """Names of every module, from a weightless (meta-device) skeleton.
 
     Lets validation check target modules in a fraction of a second, before
     the weights are read.
     """
-    from transformers import AutoModelForSequenceClassification
-
     config = load_config(model, num_labels)
     with torch.device("meta"):
-        skeleton = AutoModelForSequenceClassification.from_config(config)
+        skeleton = _auto_class(head).from_config(config)
     return [name for name, _ in skeleton.named_modules()]
 
 
 def quantization_config(kind: str | None, skip_modules: list[str]) -> Any:
     """bitsandbytes settings: NF4 with double quantization (QLoRA's recipe) or LLM.int8.
 
-    The classification head is skipped so that it stays a trainable float layer.
+    The classification head is skipped so that it stays a trainable float layer,
+    and so is a language model's output layer (tied to the embeddings).
     """
     if kind is None:
         return None
@@ -92,38 +176,45 @@ def quantization_config(kind: str | None, skip_modules: list[str]) -> Any:
 def load_tokenizer(model: DictConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(model.pretrained))
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(model))
     if tokenizer.pad_token is None:  # decoder-only models: pad with EOS, masked out by attention_mask
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_classifier(model: DictConfig, num_labels: int, quantization: str | None, seed: int):
-    """A sequence-classification model; the new head is seeded for reproducibility."""
-    from transformers import AutoModelForSequenceClassification, set_seed
+    """A sequence-classification model (a reward model when num_labels is 1); the new head is seeded."""
+    return load_model(model, quantization, seed, "sequence_classification", num_labels)
+
+
+def load_causal_lm(model: DictConfig, quantization: str | None, seed: int):
+    return load_model(model, quantization, seed, "causal_lm")
+
+
+def load_model(model: DictConfig, quantization: str | None, seed: int, head: str, num_labels: int = 2):
+    """Pretrained weights (or a random draw from the same config) under the given head."""
+    from transformers import set_seed
 
     config = load_config(model, num_labels)
-    set_seed(seed)  # the head (and, with random_init, everything) is drawn from this seed
+    set_seed(seed)  # a new head (and, with random_init, everything) is drawn from this seed
     if config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id
     if model.get("random_init"):
-        random_model = AutoModelForSequenceClassification.from_config(config, dtype=DTYPES[model.dtype])
+        random_model = _auto_class(head).from_config(config, dtype=DTYPES[model.dtype])
         if quantization is None:
             return random_model
         with tempfile.TemporaryDirectory() as folder:  # quantization happens at load time only
             random_model.save_pretrained(folder)
-            return _load_pretrained(folder, config, model, quantization)
-    return _load_pretrained(resolve_pretrained(model.pretrained), config, model, quantization)
+            return _load_pretrained(folder, config, model, quantization, head)
+    return _load_pretrained(model_folder(model), config, model, quantization, head)
 
 
-def _load_pretrained(path: str, config, model: DictConfig, quantization: str | None):
-    from transformers import AutoModelForSequenceClassification
-
+def _load_pretrained(path: str, config, model: DictConfig, quantization: str | None, head: str):
     device_map = ({"": 0} if torch.cuda.is_available() else "cpu") if quantization else None
-    return AutoModelForSequenceClassification.from_pretrained(
+    return _auto_class(head).from_pretrained(
         path,
         config=config,
         dtype=DTYPES[model.dtype],
         device_map=device_map,
-        quantization_config=quantization_config(quantization, list(model.head_modules)),
+        quantization_config=quantization_config(quantization, [*model.head_modules, "lm_head"]),
     )

@@ -87,11 +87,20 @@ def record_path(results_dir: str | Path, rid: str) -> Path:
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Atomic write: readers see the old file or the new one, never a torn one."""
+    _write_atomically(path, lambda out: json.dump(record, out, indent=2, sort_keys=False, default=str))
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Atomic write of a text file, one line per entry (JSON Lines)."""
+    _write_atomically(path, lambda out: out.write("".join(line + "\n" for line in lines)))
+
+
+def _write_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as out:
-            json.dump(record, out, indent=2, sort_keys=False, default=str)
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)

@@ -9,6 +9,7 @@ written is lost.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import traceback
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import budget as budget_stage
 from harness import data, measure, methods, models, records
 from harness.config import check_target_modules, validate
+from harness.objectives.base import RunInputs, training_arguments  # noqa: F401 - training_arguments re-exported
 
 TRACEBACK_TAIL_LINES = 30
 # Messages of allocators that ran out (torch's CPU allocator raises RuntimeError, not MemoryError).
@@ -48,19 +50,32 @@ class PreparedRun:
     splits: DatasetDict
     method_object: Any
     context: methods.MethodContext
+    objective: Any
 
 
 def quantization_of(cfg: DictConfig) -> str | None:
     return cfg.method.get("quantization") or cfg.model.get("quantization")
 
 
+def build_objective(cfg: DictConfig):
+    """The objective object from its YAML (Hydra instantiate), checked against the task."""
+    from hydra.utils import instantiate
+
+    objective = instantiate(cfg.objective)
+    objective.check(cfg)
+    return objective
+
+
 def prepare(cfg: DictConfig) -> PreparedRun:
-    """All checks that need no weights: config values, data columns, target modules."""
+    """All checks that need no weights: config values, objective, data columns, target modules."""
     validate(cfg)
+    objective = build_objective(cfg)
     splits = data.load_task(cfg.task)
-    num_labels = len(cfg.task.label_names)
+    num_labels = objective.num_labels(cfg)
+    scorer = objective.head == "sequence_classification"
     context = methods.MethodContext(
-        head_modules=list(cfg.model.head_modules),
+        head_modules=list(cfg.model.head_modules) if scorer else [],
+        peft_task_type=objective.peft_task_type,
         adapter_sites=OmegaConf.to_container(cfg.model.adapter_sites)
         if cfg.model.get("adapter_sites") is not None
         else {},
@@ -69,14 +84,14 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     )
     method_object = methods.build_method(cfg.method, context)
     methods.check_method(method_object, context)
-    names = models.module_names(cfg.model, num_labels)
+    names = models.module_names(cfg.model, num_labels, objective.head)
     for key in ("target_modules", "feedforward_modules"):
         methods_target = getattr(method_object, key, None)
         if isinstance(methods_target, set | frozenset):
             methods_target = sorted(methods_target)
         check_target_modules(names, methods_target, f"method.{key}")
     rid = records.run_id(cfg)
-    return PreparedRun(cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context)
+    return PreparedRun(cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context, objective)
 
 
 def _device() -> torch.device:
@@ -87,45 +102,6 @@ def _precision(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device: torch.device):
-    """The Trainer settings every method shares; only the learning rate is the method's.
-
-    ``data_seed`` fixes the sampler so every method sees the same batches in
-    the same order. Nothing is dropped: ``dataloader_drop_last`` would also
-    drop evaluation examples, so samples are counted as they are trained on.
-    """
-    from transformers import TrainingArguments
-
-    b, t = cfg.budget, cfg.train
-    step_bounded = bool(b.get("max_steps"))
-    return TrainingArguments(
-        output_dir=output_dir,
-        max_steps=budget_stage.trainer_max_steps(b),
-        per_device_train_batch_size=b.batch_size,
-        per_device_eval_batch_size=b.batch_size,
-        learning_rate=cfg.method.lr,
-        weight_decay=t.weight_decay,
-        warmup_steps=int(t.warmup_ratio * b.max_steps) if step_bounded else 0,
-        lr_scheduler_type=t.lr_scheduler if step_bounded else "constant",
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optimizer,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        eval_strategy="steps",
-        eval_steps=b.eval_steps,
-        eval_on_start=True,
-        logging_steps=b.eval_steps,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=device.type == "cpu",
-        include_num_input_tokens_seen="non_padding",
-        logging_nan_inf_filter=False,  # a NaN loss must reach BudgetCallback and fail the run
-        disable_tqdm=True,
-    )
 
 
 def _save_trained(model, folder: Path) -> int:
@@ -159,7 +135,7 @@ def _base_record(prepared: PreparedRun) -> dict[str, Any]:
         "task": cfg.task.name,
         "method": cfg.method.name,
         "budget": cfg.budget.name,
-        "objective": "cls",
+        "objective": cfg.objective.name,
         "seed": cfg.seed,
         "role": cfg.get("role", "run"),
         "tuning": _tuning_fields(cfg),
@@ -201,72 +177,27 @@ def error_kind(error: BaseException) -> str:
     return "exception"
 
 
-@dataclass
-class FittedRun:
-    """A trained model with what was measured while training and evaluating it."""
-
-    trainer: Any
-    budget: budget_stage.BudgetCallback
-    memory: measure.PeakMemory
-    eval_clock: measure.Stopwatch
-    validation_metrics: dict[str, Any]
-    test_metrics: dict[str, Any]
-
-
-def _fit(
-    prepared: PreparedRun,
-    record: dict[str, Any],
-    work_dir: Path,
-    device: torch.device,
-    precision: str,
-    callbacks: list[Any],
-) -> FittedRun:
-    """Load, wrap, train under the budget, evaluate; parameters are counted before training.
-
-    A tuning trial is not evaluated on the test split: model selection must
-    never see it, and only the finals' test figures are reported.
-    """
-    from harness.objectives import cls
-
-    cfg = prepared.cfg
-    tokenizer = models.load_tokenizer(cfg.model)
-    tokenized = data.tokenize(prepared.splits, tokenizer, cfg.budget.max_seq_length)
-    validation = data.cap_eval(tokenized["validation"], cfg.budget.get("max_eval_samples"))
-    test = data.cap_eval(tokenized["test"], cfg.budget.get("max_eval_samples"))
-    model = models.load_classifier(cfg.model, len(cfg.task.label_names), quantization_of(cfg), cfg.seed)
-    model = methods.apply_method(model, prepared.method_object, prepared.context)
-    trainable, total = measure.count_parameters(model)
-    record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
-    callback = budget_stage.BudgetCallback(cfg.budget)
-    args = training_arguments(cfg, str(work_dir / "trainer"), precision, device)
-    trainer = cls.build_trainer(
-        model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback, *callbacks]
-    )
-    with measure.PeakMemory(device) as memory:
-        trainer.train()
-    with measure.Stopwatch(device) as eval_clock:
-        validation_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
-        test_metrics = {} if cfg.get("role") == "trial" else trainer.evaluate(test, metric_key_prefix="test")
-    return FittedRun(trainer, callback, memory, eval_clock, validation_metrics, test_metrics)
-
-
 def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path, callbacks: list[Any]) -> None:
     cfg, device = prepared.cfg, _device()
     precision = _precision(cfg.train.precision, device)
     record["environment"] = measure.environment(device)
-    fitted = _fit(prepared, record, work_dir, device, precision, callbacks)
+    inputs = RunInputs(
+        cfg, prepared.splits, prepared.method_object, prepared.context, record, work_dir, device, precision, callbacks
+    )
+    fitted = prepared.objective.fit(inputs)
     trainer, args = fitted.trainer, fitted.trainer.args
     spent = {
         **fitted.budget.spent(trainer.state),
         "samples": trainer.samples_trained,
         "data_order_sha256": trainer.data_order_fingerprint(),
+        **fitted.compute,
     }
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
     settings = {
         "optimizer": cfg.train.optimizer,
         "precision": precision,
         "batch_size": cfg.budget.batch_size,
-        "max_seq_length": cfg.budget.max_seq_length,
+        "max_seq_length": budget_stage.sequence_length(cfg),
     }
     record.update(
         metrics={
@@ -294,10 +225,20 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
             "data_seed": args.data_seed,
         },
     )
+    record["samples_file"] = _write_samples(prepared, fitted.samples)
     name = record["primary_metric"]["name"]
     record["primary_metric"].update(
         validation=record["metrics"]["validation"].get(name), test=record["metrics"]["test"].get(name)
     )
+
+
+def _write_samples(prepared: PreparedRun, samples: list[dict[str, Any]]) -> str | None:
+    """Prompts, generations and scores beside the record (``<run_id>.samples.jsonl``), for reading what was scored."""
+    if not samples:
+        return None
+    path = prepared.record_path.with_suffix(".samples.jsonl")
+    records.write_lines(path, [json.dumps(sample, ensure_ascii=False) for sample in samples])
+    return path.name
 
 
 def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[str, Any]:

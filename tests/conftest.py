@@ -56,6 +56,11 @@ def method_names() -> list[str]:
 
 def run_cli(results_dir, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """``harness-run -m`` on the tiny model in a fresh process, the way a user runs a sweep."""
+    return run_cli_with(results_dir, TINY, *overrides, timeout=timeout)
+
+
+def run_cli_with(results_dir, base: list[str], *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``harness-run -m`` with the given base overrides (a tiny model's) in a fresh process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "harness.cli", "-m", *TINY, *overrides, f"results_dir={results_dir}"]
+    command = [sys.executable, "-m", "harness.cli", "-m", *base, *overrides, f"results_dir={results_dir}"]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -359,3 +359,20 @@ def test_the_console_script_is_installed_and_reports(tmp_path):
     assert "| Method | accuracy (test) | n | 95% CI |" in done.stdout  # the main table, printed
     assert len(pd.read_csv(tmp_path / "paper" / "summary.csv")) == 2
     assert not (tmp_path / "paper" / "report.md").exists()
+
+
+def test_several_objectives_on_one_task_are_labelled_and_compared_within_their_objective():
+    recs = []
+    for objective, shift in (("sft", 0.0), ("dpo", 0.05)):
+        for method in ("full", "lora"):
+            for seed, accuracy in enumerate(ACCURACY[method]):
+                record = synthetic_record(method, seed, accuracy + shift, objective=objective)
+                record["config"]["objective"] = {"name": objective}
+                record["run_id"] = records.run_id(_as_cfg(record))
+                recs.append(record)
+    frame = table.records_frame(recs)
+    assert sorted(set(frame["label"])) == ["dpo+full", "dpo+lora", "sft+full", "sft+lora"]
+    cells = summary.summarize(summary.quality_rows(frame, {}), "full").set_index("label")
+    # each lora is compared with the full run of its own objective: the same shift cancels
+    assert cells.loc["dpo+lora", "delta"] == pytest.approx(cells.loc["sft+lora", "delta"])
+    assert cells.loc["dpo+lora", "delta"] == pytest.approx(sum(ACCURACY["lora"]) / 3 - sum(ACCURACY["full"]) / 3)

@@ -72,6 +72,7 @@ def _cell_row(cell: tuple, group: pd.DataFrame) -> dict[str, Any]:
     return {
         **dict(zip(CELL, cell, strict=True)),
         "role": group["role"].iloc[0],
+        "objective": group["objective"].fillna("cls").iloc[0],
         "metric": group["metric"].iloc[0],
         "split": group["split"].iloc[0],
         "higher_is_better": bool(group["higher_is_better"].iloc[0]),
@@ -103,6 +104,7 @@ def _add_comparisons(summary: pd.DataFrame, chosen: pd.DataFrame, reference: str
             & (summary["task"] == row.task)
             & (summary["budget"] == row.budget)
             & (summary["method"] == reference)
+            & (summary["objective"] == row.objective)
         ]
         if row.method == reference or len(references) != 1:
             results.append(stats.PairedComparison(math.nan, 0, math.nan, math.nan))

@@ -125,15 +125,19 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _variant_labels(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Series:
-    """The method name, plus what tells its cells apart when one group holds several."""
+    """The method name (``dpo+lora`` where a task was trained by several objectives),
+    plus what tells its cells apart when one group holds several."""
     configs = {row.cell: _cell_config(r.get("config") or {}) for row, r in zip(frame.itertuples(), records, strict=True)}
-    labels = frame["method"].astype(str).copy()
-    for _, group in frame.groupby(GROUP_AXES, dropna=False):
+    objectives = frame["objective"].fillna("cls").astype(str)
+    several = frame.assign(objective=objectives).groupby("task")["objective"].transform("nunique") > 1
+    labels = frame["method"].astype(str).where(~several, objectives + "+" + frame["method"].astype(str))
+    for _, group in frame.assign(objective=objectives).groupby([*GROUP_AXES, "objective"], dropna=False):
         cells = list(dict.fromkeys(group["cell"]))
         if len(cells) < 2:
             continue
         for cell in cells:
-            labels[group.index[group["cell"] == cell]] = f"{group['method'].iloc[0]} ({_difference(cell, cells, configs)})"
+            rows = group.index[group["cell"] == cell]
+            labels[rows] = f"{labels[rows[0]]} ({_difference(cell, cells, configs)})"
     return labels
 
 

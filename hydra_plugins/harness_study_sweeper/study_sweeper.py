@@ -124,12 +124,14 @@ class StudySweeper(Sweeper):
     def _cell(self, overrides: list[str], axes: dict[str, str], fixed: set[str]) -> Cell:
         from harness import study
         from harness.config import ConfigError, validate
+        from harness.run import build_objective
         from harness.search import SearchSpace
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
             del cfg["hydra"]
         validate(cfg)
+        build_objective(cfg)  # the objective's own settings, before anything trains
         space = SearchSpace(cfg.method, (self.params.search or {}).get(cfg.method.name))
         for key in [*space.distributions, *space.derive]:
             if f"method.{key}" in fixed:

@@ -1,0 +1,133 @@
+"""What every objective shares: the Trainer settings, the measured train-then-evaluate sequence, its result.
+
+An objective (conf/objective/*.yaml, ``_target_`` one of the classes in this
+package) says which task types it trains on, what the model is loaded as
+(a scorer with a new head, or a generator), and how it trains. Everything
+that must be equal across objectives for a comparison to be fair lives here:
+the shared training settings (only the learning rate is the method's), the
+budget callback, and the same peak-memory and clock measurements around
+training and evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from harness import budget as budget_stage
+from harness import measure
+
+
+@dataclass
+class FittedRun:
+    """A trained model with what was measured while training and evaluating it."""
+
+    trainer: Any
+    budget: budget_stage.BudgetCallback
+    memory: measure.PeakMemory
+    eval_clock: measure.Stopwatch
+    validation_metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+    compute: dict[str, Any] = field(default_factory=dict)  # objective-specific spend (rollout tokens, ...)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # generations kept beside the record
+
+
+@dataclass
+class RunInputs:
+    """What an objective's ``fit`` receives from the run stage."""
+
+    cfg: DictConfig
+    splits: Any
+    method_object: Any
+    context: Any
+    record: dict[str, Any]
+    work_dir: Path
+    device: torch.device
+    precision: str
+    callbacks: list[Any]
+
+
+class Objective:
+    """Base of every objective; subclasses set the class attributes and implement ``fit``."""
+
+    head: str = "causal_lm"  # or "sequence_classification"
+    peft_task_type: str = "CAUSAL_LM"
+
+    def __init__(self, name: str, task_types: list[str], **settings: Any):
+        self.name = name
+        self.task_types = tuple(task_types)  # from the YAML; config.validate checks the task against it
+        self.settings = settings
+
+    def check(self, cfg: DictConfig) -> None:
+        """The objective's own settings, before any weights load (the task type is checked by config.validate)."""
+
+    def num_labels(self, cfg: DictConfig) -> int:
+        return 1
+
+    def fit(self, inputs: RunInputs) -> FittedRun:
+        raise NotImplementedError
+
+
+def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device: torch.device, config_class=None, **extra):
+    """The Trainer settings every method and objective shares; only the learning rate is the method's.
+
+    ``data_seed`` fixes the sampler so every method sees the same batches in
+    the same order. Nothing is dropped: ``dataloader_drop_last`` would also
+    drop evaluation examples, so samples are counted as they are trained on.
+    TRL's configs subclass TrainingArguments; ``config_class`` picks one and
+    ``extra`` carries its own fields. Gradient checkpointing stays off (TRL
+    turns it on by default) so that memory is measured the same way for all.
+    """
+    from transformers import TrainingArguments
+
+    b, t = cfg.budget, cfg.train
+    step_bounded = bool(b.get("max_steps"))
+    config_class = config_class or TrainingArguments
+    shared = dict(
+        output_dir=output_dir,
+        max_steps=budget_stage.trainer_max_steps(b),
+        per_device_train_batch_size=b.batch_size,
+        per_device_eval_batch_size=b.batch_size,
+        learning_rate=cfg.method.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=int(t.warmup_ratio * b.max_steps) if step_bounded else 0,
+        lr_scheduler_type=t.lr_scheduler if step_bounded else "constant",
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="steps",
+        eval_steps=b.eval_steps,
+        eval_on_start=True,
+        logging_steps=b.eval_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=device.type == "cpu",
+        include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a NaN loss must reach BudgetCallback and fail the run
+        disable_tqdm=True,
+    )
+    if config_class is not TrainingArguments:
+        shared["gradient_checkpointing"] = False
+    return config_class(**shared, **extra)
+
+
+def train_and_evaluate(trainer, budget: budget_stage.BudgetCallback, device: torch.device, evaluate) -> FittedRun:
+    """Train under the peak-memory probe, then time the final evaluations (``evaluate() -> (val, test)``)."""
+    with measure.PeakMemory(device) as memory:
+        trainer.train()
+    with measure.Stopwatch(device) as eval_clock:
+        validation_metrics, test_metrics = evaluate()
+    return FittedRun(trainer, budget, memory, eval_clock, validation_metrics, test_metrics)
+
+
+def record_parameters(model, record: dict[str, Any]) -> None:
+    """Trainable and total parameters as PEFT counts them, before training (4-bit weights as logical ones)."""
+    trainable, total = measure.count_parameters(model)
+    record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}

@@ -1,0 +1,129 @@
+"""The shared run of every objective trained by a TRL trainer: load, wrap, train, evaluate generations.
+
+Each objective module (sft, reward, dpo) only says which TRL trainer and
+config it uses, how its rows look, and its own settings. Everything else is
+identical across them, which is what makes their figures comparable: the
+same tokenizer and chat template, the same held-out rows, the same
+generation and preference metrics (``generation.GenerationEvalMixin``), the
+same budget callback and measurements.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from transformers import PrinterCallback
+
+from harness import budget as budget_stage
+from harness import data, methods, models
+from harness.objectives.base import (
+    FittedRun,
+    Objective,
+    RunInputs,
+    record_parameters,
+    train_and_evaluate,
+    training_arguments,
+)
+from harness.objectives.cls import DataOrderFingerprint
+from harness.objectives.generation import GenerationEvalMixin, as_conversation, completion_logprobs
+
+SAMPLE_SPLITS = {"eval": "validation", "test": "test"}
+
+
+def conversational(split: Dataset, columns: tuple[str, ...]) -> Dataset:
+    """Rows in TRL's conversational form: the prompt as a user turn, each completion as an assistant turn."""
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        out = as_conversation(row["prompt"])
+        for column in columns:
+            out[column] = [{"role": "assistant", "content": row[column]}]
+        return out
+
+    return split.map(convert, remove_columns=split.column_names)
+
+
+class TRLObjective(Objective):
+    """Template for objectives trained by a TRL trainer; subclasses set the hooks below."""
+
+    completion_columns: tuple[str, ...] = ("completion",)
+    preference_scorer = staticmethod(completion_logprobs)
+    generate_answers = True
+
+    def trl_classes(self) -> tuple[type, type]:
+        """(Trainer class, its config class)."""
+        raise NotImplementedError
+
+    def config_fields(self, cfg) -> dict[str, Any]:
+        """The TRL config's own fields for this run."""
+        return {}
+
+    def train_rows(self, split: Dataset) -> Dataset:
+        return conversational(split, self.completion_columns)
+
+    def load_model(self, cfg, quantization: str | None):
+        return models.load_causal_lm(cfg.model, quantization, cfg.seed)
+
+    def trainer_kwargs(self, inputs: RunInputs, model) -> dict[str, Any]:
+        return {}
+
+    def spent(self) -> dict[str, Any]:
+        """Objective-specific compute for the record (rollout tokens, reward-model passes)."""
+        return {}
+
+    def fit(self, inputs: RunInputs) -> FittedRun:
+        cfg = inputs.cfg
+        tokenizer = models.load_tokenizer(cfg.model)
+        cap = cfg.budget.get("max_eval_samples")
+        held_out = {prefix: data.cap_eval(inputs.splits[name], cap) for prefix, name in SAMPLE_SPLITS.items()}
+        if cfg.get("role") == "trial":  # model selection never sees the test split
+            held_out.pop("test")
+        quantization = cfg.method.get("quantization") or cfg.model.get("quantization")
+        model = methods.apply_method(self.load_model(cfg, quantization), inputs.method_object, inputs.context)
+        record_parameters(model, inputs.record)
+        callback = budget_stage.BudgetCallback(cfg.budget)
+        trainer_class, config_class = self.trl_classes()
+        args = training_arguments(
+            cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device, config_class, **self.config_fields(cfg)
+        )
+        trainer = _measured(trainer_class)(
+            model=model,
+            args=args,
+            train_dataset=self.train_rows(inputs.splits["train"]),
+            eval_dataset=self.train_rows(held_out["eval"]),
+            processing_class=tokenizer,
+            callbacks=[callback, *inputs.callbacks],
+            **self.trainer_kwargs(inputs, model),
+        )
+        trainer.remove_callback(PrinterCallback)
+        available, used = len(inputs.splits["train"]), len(trainer.train_dataset)
+        if used == 0:  # TRL drops examples whose completion truncation removed entirely
+            raise ValueError(
+                f"max_seq_length={budget_stage.sequence_length(cfg)} leaves no completion token in any of the "
+                f"{available} training examples (the formatted prompts are longer); raise task.max_seq_length"
+            )
+        trainer.generation_sets = {prefix: split.to_dict() for prefix, split in held_out.items()}
+        trainer.generation_task = cfg.task
+        trainer.rows_per_example = max(1, len(self.completion_columns))
+        trainer.preference_scorer = self.preference_scorer
+        trainer.generate_answers = self.generate_answers
+        eval_rows = {prefix: self.train_rows(split) for prefix, split in held_out.items()}
+
+        def evaluate():
+            validation = trainer.evaluate(eval_rows["eval"], metric_key_prefix="eval")
+            test = trainer.evaluate(eval_rows["test"], metric_key_prefix="test") if "test" in eval_rows else {}
+            return validation, test
+
+        fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
+        fitted.compute = {"train_examples": used, "train_examples_dropped_by_truncation": available - used, **self.spent()}
+        fitted.samples = [
+            {"split": SAMPLE_SPLITS[prefix], **sample}
+            for prefix in ("eval", "test")
+            for sample in trainer.generation_samples.get(prefix, [])
+        ]
+        return fitted
+
+
+def _measured(trainer_class: type) -> type:
+    """The TRL trainer with the data-order fingerprint and the shared generation metrics mixed in."""
+    return type(f"Measured{trainer_class.__name__}", (DataOrderFingerprint, GenerationEvalMixin, trainer_class), {})

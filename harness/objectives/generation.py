@@ -1,0 +1,214 @@
+"""Evaluation of generative models, shared by every generative objective.
+
+Two measurements, the same whichever objective trained the model:
+
+* **exact match** of the answer extracted (``task.answer_pattern``) from a
+  greedy generation, against the reference answer; every prompt, generation
+  and score is kept for the run's sample file;
+* **preference accuracy** on held-out pairs: how often the model scores the
+  chosen completion above the rejected one (a policy by the log-likelihood
+  of the completion given the prompt, a reward model by its reward), with
+  the mean margin.
+
+:class:`GenerationEvalMixin` adds them to every evaluation a Trainer runs, so
+they appear in the learning curve (step 0 is the untrained model) and reach
+the study's pruner, and their time is charged to evaluation, not training.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from harness.data import extract_answer
+from harness.metrics import load_metric
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model sees it: through its chat template when it has one, else as is."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def conversation_text(tokenizer, prompt: str, completion: str) -> str:
+    """Prompt and completion as one text, the way TRL's trainers format a prompt-completion pair."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return prompt + completion + (tokenizer.eos_token or "")
+
+
+def as_conversation(prompt: str, completion: str | None = None) -> dict[str, Any]:
+    """TRL's conversational prompt-completion form, so the trainer applies the chat template itself."""
+    row = {"prompt": [{"role": "user", "content": prompt}]}
+    if completion is not None:
+        row["completion"] = [{"role": "assistant", "content": completion}]
+    return row
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions, left-padded batches; special tokens stripped."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    completions = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            output = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return completions
+
+
+def exact_match(model, tokenizer, rows: dict[str, list], task: DictConfig, batch_size: int) -> tuple[float, list[dict]]:
+    """Exact match over the rows' prompts, and one sample per prompt (prompt, generation, answer, score)."""
+    generations = greedy_generate(model, tokenizer, rows["prompt"], task.get("max_new_tokens", 32), batch_size)
+    predicted = [extract_answer(g, task.get("answer_pattern")) for g in generations]
+    references = [str(a) for a in rows["answer"]]
+    score = load_metric("exact_match").compute(predictions=predicted, references=references)["exact_match"]
+    samples = [
+        {"prompt": p, "generation": g, "extracted": e, "reference": r, "correct": e.strip() == r.strip()}
+        for p, g, e, r in zip(rows["prompt"], generations, predicted, references, strict=True)
+    ]
+    return score, samples
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> list[float]:
+    """Sum of the log-probabilities of each completion's tokens given its (chat-formatted) prompt.
+
+    The completion's tokens are those the formatted conversation has beyond the
+    formatted prompt (end-of-turn marker included), as in TRL's completion masks.
+    """
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+    totals: list[float] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            heads = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+            tails = completions[start : start + batch_size]
+            prompt_ids = [tokenizer(h, add_special_tokens=False)["input_ids"] for h in heads]
+            full_ids = [
+                tokenizer(conversation_text(tokenizer, p, t), add_special_tokens=False)["input_ids"]
+                for p, t in zip(prompts[start : start + batch_size], tails, strict=True)
+            ]
+            width = max(map(len, full_ids))
+            ids = torch.full((len(full_ids), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            scored = torch.zeros_like(ids, dtype=torch.bool)
+            for i, (p, f) in enumerate(zip(prompt_ids, full_ids, strict=True)):
+                ids[i, : len(f)] = torch.tensor(f)
+                attention[i, : len(f)] = 1
+                scored[i, len(p) : len(f)] = True
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+            totals += (logprobs * scored[:, 1:].to(device)).sum(dim=1).tolist()
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return totals
+
+
+@torch.no_grad()
+def rewards(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> list[float]:
+    """A reward model's score of each (prompt, completion), formatted as in training (chat template)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                conversation_text(tokenizer, p, c)
+                for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size], strict=True)
+            ]
+            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            scores += model(**encoded).logits[:, 0].float().tolist()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def preference_margins(model, tokenizer, rows: dict[str, list], batch_size: int, scorer) -> list[float]:
+    chosen = scorer(model, tokenizer, rows["prompt"], rows["chosen"], batch_size)
+    rejected = scorer(model, tokenizer, rows["prompt"], rows["rejected"], batch_size)
+    return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
+
+def preference_metrics(model, tokenizer, rows: dict[str, list], batch_size: int, scorer) -> dict[str, float]:
+    margins = preference_margins(model, tokenizer, rows, batch_size, scorer)
+    return load_metric("preference_accuracy").compute(predictions=margins, references=[1] * len(margins))
+
+
+class GenerationEvalMixin:
+    """Trainer mixin: every ``evaluate(metric_key_prefix=p)`` also scores ``self.generation_sets[p]``.
+
+    Set ``generation_sets`` (prefix -> rows as a dict of lists), ``generation_task``
+    (the task config), ``preference_scorer`` (completion_logprobs or rewards)
+    and ``generate_answers`` (False for a reward model). The latest samples of
+    each prefix are kept in ``generation_samples``.
+    """
+
+    generation_sets: dict[str, dict[str, list]] = {}
+    generation_task: DictConfig | None = None
+    preference_scorer = staticmethod(completion_logprobs)
+    generate_answers = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_samples: dict[str, list[dict]] = {}
+        self._pending: dict[str, float] | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        started = time.perf_counter()
+        self._pending = self._generation_metrics(metric_key_prefix)
+        self._pending_seconds = time.perf_counter() - started
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._pending = None
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._pending is not None and any(k.endswith("_runtime") for k in logs):
+            logs.update(self._pending)  # in place: evaluate() returns this same dict
+            runtime = next(k for k in logs if k.endswith("_runtime"))
+            logs[runtime] += self._pending_seconds  # generation is evaluation time, not training time
+        super().log(logs, *args, **kwargs)
+
+    def generation_model(self):
+        """The model that generates and is scored (PPO's policy, not its value model)."""
+        return self.model
+
+    def _generation_metrics(self, prefix: str) -> dict[str, float]:
+        rows = self.generation_sets.get(prefix)
+        if not rows:
+            return {}
+        model, tokenizer, batch = self.generation_model(), self.processing_class, self.args.per_device_eval_batch_size
+        metrics: dict[str, float] = {}
+        if "chosen" in rows:
+            scores = preference_metrics(model, tokenizer, rows, batch, self.preference_scorer)
+            metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+        if self.generate_answers and rows.get("answer"):
+            score, samples = exact_match(model, tokenizer, rows, self.generation_task, batch)
+            metrics[f"{prefix}_exact_match"] = score
+            self.generation_samples[prefix] = samples
+        return metrics

@@ -1,0 +1,361 @@
+"""RLHF with PPO, written out in the project (TRL removed its PPO trainer in 1.13).
+
+One PPO step on a batch of prompts (Ouyang et al., 2022; the recipe of TRL's
+former PPOTrainer):
+
+1. **Rollout**: the policy samples a completion per prompt.
+2. **Score**: the reward is a verifiable check of the answer (embedded and
+   GSM8K-style tasks) or a frozen reward model trained by ``objective=reward``
+   (``objective.reward_run=<run_id>``).
+3. **Per-token reward**: −β·KL(policy‖reference) on every generated token,
+   the score added on the last one. With a PEFT method the reference is the
+   same model with its adapter disabled (no second copy); otherwise a frozen
+   copy.
+4. **Advantages**: a value model (the base model with a one-label
+   token-classification head, trained by the same method) and GAE(γ, λ).
+5. **Update**: ``ppo_epochs`` passes over minibatches of the rollout with the
+   clipped policy loss and the clipped value loss (``ppo_math``).
+
+It is a transformers Trainer with its own ``train`` loop, so the budget
+callback, the study's pruner, the learning curve, the shared generation
+metrics and every measurement work as for the other objectives. A budget
+step is one PPO step (one rollout batch); rollout tokens and reward-model
+forward passes are counted in the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerState
+
+from harness import budget as budget_stage
+from harness import data, methods, models, records
+from harness.config import ConfigError
+from harness.objectives import ppo_math
+from harness.objectives.base import (
+    FittedRun,
+    Objective,
+    RunInputs,
+    record_parameters,
+    train_and_evaluate,
+    training_arguments,
+)
+from harness.objectives.generation import GenerationEvalMixin, chat_prompt, rewards
+
+POSITIVE_SETTINGS = ("kl_coef", "clip_range", "clip_range_value", "vf_coef", "temperature", "ppo_epochs", "num_minibatches")
+UNIT_SETTINGS = ("gamma", "lam")
+
+
+class PolicyAndValue(nn.Module):
+    """Policy and value model as one module, so one optimizer and one checkpoint cover both."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(self, **kwargs):
+        return self.policy(**kwargs)
+
+
+def positions(attention: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as generation computes them."""
+    return (attention.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(model, ids, attention, query_length: int, temperature: float) -> torch.Tensor:
+    """log π(token) of each response token, from the logits at the position before it."""
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions(attention)).logits
+    logits = logits[:, query_length - 1 : -1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, query_length:, None]).squeeze(-1)
+
+
+def response_values(value_model, ids, attention, query_length: int) -> torch.Tensor:
+    """V(state before each response token)."""
+    out = value_model(input_ids=ids, attention_mask=attention, position_ids=positions(attention)).logits
+    return out[:, query_length - 1 : -1, 0].float()
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """1 up to and including the first end-of-sequence token of each response, 0 after it."""
+    is_end = responses == eos_token_id
+    after_end = (is_end.cumsum(dim=1) - is_end.long()) > 0
+    mask = ~after_end
+    if eos_token_id != pad_token_id:
+        mask &= responses != pad_token_id
+    return mask.float()
+
+
+class PPOTrainer(GenerationEvalMixin, Trainer):
+    """transformers' Trainer with PPO's rollout-and-update loop as its ``train``."""
+
+    def __init__(self, *args, ppo: dict[str, Any], reference: nn.Module | None, reward_fn, task, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ppo, self.reference, self.reward_fn, self.task = ppo, reference, reward_fn, task
+        self.data_order_hash = hashlib.sha256()
+        self.samples_trained = 0
+        self.spent = {"rollout_tokens": 0, "reward_evaluations": 0, "ppo_updates": 0}
+
+    def generation_model(self):
+        return self.model.policy
+
+    def data_order_fingerprint(self) -> str | None:
+        return self.data_order_hash.hexdigest() if self.samples_trained else None
+
+    def _prompt_batches(self):
+        """Prompts in an order fixed by data_seed (the same for every method), reshuffled each epoch."""
+        generator = torch.Generator().manual_seed(self.args.data_seed)
+        rows, size = self.train_dataset, self.args.per_device_train_batch_size
+        if len(rows) < size:
+            raise ValueError(f"budget.batch_size={size} is larger than the {len(rows)} training prompts")
+        while True:
+            order = torch.randperm(len(rows), generator=generator).tolist()
+            for start in range(0, len(rows) - size + 1, size):
+                yield rows.select(order[start : start + size])
+
+    def train(self, **kwargs):
+        """Rollout, score, update, repeated under the budget; dropout off so that the first update's ratio is 1."""
+        from trl.trainer.utils import disable_dropout_in_model
+
+        args = self.args
+        disable_dropout_in_model(self.model)
+        self.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+        self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps, eval_steps=args.eval_steps)
+        self.state.is_world_process_zero = True
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        if args.eval_on_start:
+            self.evaluate()
+        batches = self._prompt_batches()
+        while self.state.global_step < args.max_steps and not self.control.should_training_stop:
+            self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+            logs = self._ppo_step(next(batches))
+            self.state.global_step += 1
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+            if self.state.global_step % args.logging_steps == 0 or self.control.should_training_stop:
+                self.log(logs)
+            if self.state.global_step % args.eval_steps == 0:
+                self.evaluate()
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The shared generation metrics only: PPO has no held-out loss."""
+        started = time.perf_counter()
+        metrics = self._generation_metrics(metric_key_prefix)
+        metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _rollout(self, batch) -> dict[str, torch.Tensor]:
+        tokenizer, policy, settings = self.processing_class, self.model.policy, self.ppo
+        device = next(policy.parameters()).device
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            queries = tokenizer([chat_prompt(tokenizer, p) for p in batch["prompt"]], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+        finally:
+            tokenizer.padding_side = side
+        self.data_order_hash.update(queries["input_ids"].cpu().numpy().tobytes())
+        policy.eval()
+        with torch.no_grad():
+            generated = policy.generate(
+                **queries, do_sample=True, temperature=settings["temperature"], top_k=0, top_p=1.0,
+                max_new_tokens=self.task.get("max_new_tokens", 32), pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            q = queries["input_ids"].shape[1]
+            responses = generated[:, q:]
+            mask = response_mask(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
+            temperature = settings["temperature"]
+            old_logprobs = response_logprobs(policy, generated, attention, q, temperature)
+            if self.reference is None:  # PEFT: the reference is the model without its adapter
+                with policy.disable_adapter():
+                    ref_logprobs = response_logprobs(policy, generated, attention, q, temperature)
+            else:
+                ref_logprobs = response_logprobs(self.reference, generated, attention, q, temperature)
+            old_values = response_values(self.model.value, generated, attention, q)
+            texts = tokenizer.batch_decode(responses * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True)
+            scores = torch.tensor(self.reward_fn(batch, texts), dtype=torch.float32, device=device)
+        policy.train()
+        return dict(ids=generated, attention=attention, mask=mask, q=q, old_logprobs=old_logprobs,
+                    ref_logprobs=ref_logprobs, old_values=old_values, scores=scores)
+
+    def _ppo_step(self, batch) -> dict[str, float]:
+        s = self.ppo
+        rollout = self._rollout(batch)
+        mask, q = rollout["mask"], rollout["q"]
+        rewards_ = ppo_math.per_token_rewards(rollout["scores"], rollout["old_logprobs"], rollout["ref_logprobs"], mask, s["kl_coef"])
+        advantages, returns = ppo_math.generalized_advantages(rewards_, rollout["old_values"], mask, s["gamma"], s["lam"])
+        advantages = ppo_math.masked_whiten(advantages, mask)
+        size = len(mask)
+        minibatch = max(1, size // int(s["num_minibatches"]))
+        totals = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0}
+        updates = 0
+        for _ in range(int(s["ppo_epochs"])):
+            for start in range(0, size, minibatch):
+                i = slice(start, start + minibatch)
+                ids, attention = rollout["ids"][i], rollout["attention"][i]
+                logprobs = response_logprobs(self.model.policy, ids, attention, q, s["temperature"])
+                values = response_values(self.model.value, ids, attention, q)
+                policy_loss, clip_fraction = ppo_math.clipped_policy_loss(
+                    logprobs, rollout["old_logprobs"][i], advantages[i], mask[i], s["clip_range"])
+                value_loss = ppo_math.clipped_value_loss(values, rollout["old_values"][i], returns[i], mask[i], s["clip_range_value"])
+                loss = policy_loss + s["vf_coef"] * value_loss
+                if not torch.isfinite(loss):
+                    raise budget_stage.NonFiniteLossError(f"PPO loss is {loss.item()} at step {self.state.global_step}")
+                self.accelerator.backward(loss)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                updates += 1
+                totals["policy_loss"] += policy_loss.item()
+                totals["value_loss"] += value_loss.item()
+                totals["clip_fraction"] += clip_fraction.item()
+        self.lr_scheduler.step()
+        generated = int(mask.sum().item())
+        self.state.num_input_tokens_seen += int(rollout["attention"].sum().item())
+        self.samples_trained += size
+        self.spent["rollout_tokens"] += generated
+        self.spent["reward_evaluations"] += size
+        self.spent["ppo_updates"] += updates
+        kl = ppo_math.masked_mean(ppo_math.kl_per_token(rollout["old_logprobs"], rollout["ref_logprobs"], mask), mask)
+        return {
+            "loss": (totals["policy_loss"] + s["vf_coef"] * totals["value_loss"]) / updates,
+            "score": rollout["scores"].mean().item(),
+            "kl": kl.item(),
+            "policy_loss": totals["policy_loss"] / updates,
+            "value_loss": totals["value_loss"] / updates,
+            "clip_fraction": totals["clip_fraction"] / updates,
+            "response_length": generated / size,
+        }
+
+
+def check_reward_settings(settings: dict[str, Any], cfg) -> None:
+    """The reward of an online RL objective (PPO, RLOO, GRPO): a verifiable answer check or a reward run."""
+    source = settings.get("reward")
+    if source not in ("verifiable", "model"):
+        raise ConfigError("objective.reward", f"got {source!r}; allowed: verifiable, model")
+    if source == "verifiable" and not cfg.task.get("answer_column"):
+        raise ConfigError("objective.reward", "verifiable needs a task with an answer_column; use reward=model")
+    if source == "model":
+        reward_run_record(cfg, settings.get("reward_run"))
+
+
+def reward_run_record(cfg, run_id: str | None) -> dict[str, Any]:
+    """The record of the reward run a policy is trained against; it must have succeeded and kept its model."""
+    if not run_id:
+        raise ConfigError("objective.reward_run", "must name the run_id of an objective=reward run (keep_artifacts=true)")
+    record = records.read_record(records.record_path(cfg.results_dir, run_id))
+    if record is None or record.get("status") != "success" or record.get("objective") != "reward":
+        raise ConfigError("objective.reward_run", f"no successful objective=reward run {run_id!r} in {cfg.results_dir}/runs")
+    folder = record.get("artifact_dir")
+    if not folder or not Path(folder).is_dir():
+        raise ConfigError("objective.reward_run", f"run {run_id} kept no model; rerun it with keep_artifacts=true")
+    return record
+
+
+def verifiable_scores(task, completions: list[str], answers: list[Any]) -> list[float]:
+    """1 when the answer extracted from a completion equals its reference answer, else 0."""
+    pattern = task.get("answer_pattern")
+    return [float(data.extract_answer(c, pattern) == str(a).strip()) for c, a in zip(completions, answers, strict=True)]
+
+
+def verifiable_reward(task):
+    def score(batch, completions: list[str]) -> list[float]:
+        return verifiable_scores(task, completions, batch["answer"])
+
+    return score
+
+
+def load_reward_model(cfg, run_id: str):
+    """The frozen reward model of a successful ``objective=reward`` run kept with ``keep_artifacts=true``."""
+    from omegaconf import OmegaConf
+
+    record = reward_run_record(cfg, run_id)
+    folder = record["artifact_dir"]
+    reward_cfg = OmegaConf.create(record["config"])
+    model = models.load_classifier(reward_cfg.model, 1, None, reward_cfg.seed)
+    if (Path(folder) / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, folder).eval().requires_grad_(False), record
+    from safetensors.torch import load_file
+
+    method = methods.build_method(reward_cfg.method, methods.MethodContext(head_modules=list(reward_cfg.model.head_modules)))
+    model = methods.apply_method(model, method, methods.MethodContext(head_modules=list(reward_cfg.model.head_modules)))
+    model.load_state_dict(load_file(str(Path(folder) / "trained.safetensors")), strict=False)
+    return model.eval().requires_grad_(False), record
+
+
+def model_reward(reward_model, tokenizer, batch_size: int):
+    def score(batch, completions: list[str]) -> list[float]:
+        return rewards(reward_model, tokenizer, list(batch["prompt"]), completions, batch_size)
+
+    return score
+
+
+class PPOObjective(Objective):
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        for key in POSITIVE_SETTINGS:
+            value = self.settings.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"objective.{key}", f"must be a positive number (got {value!r})")
+        for key in UNIT_SETTINGS:
+            value = self.settings.get(key)
+            if not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(f"objective.{key}", f"must be in [0, 1] (got {value!r})")
+        check_reward_settings(self.settings, cfg)
+        if cfg.budget.batch_size % int(self.settings["num_minibatches"]):
+            raise ConfigError("objective.num_minibatches", f"must divide budget.batch_size={cfg.budget.batch_size}")
+
+    def fit(self, inputs: RunInputs) -> FittedRun:
+        cfg, s = inputs.cfg, self.settings
+        tokenizer = models.load_tokenizer(cfg.model)
+        if s["reward"] == "model":
+            reward_model, _ = load_reward_model(cfg, s["reward_run"])
+            reward_fn = model_reward(reward_model, tokenizer, cfg.budget.batch_size)
+        else:
+            reward_fn = verifiable_reward(cfg.task)
+        quantization = cfg.method.get("quantization") or cfg.model.get("quantization")
+        policy = methods.apply_method(models.load_causal_lm(cfg.model, quantization, cfg.seed), inputs.method_object, inputs.context)
+        value_context = methods.MethodContext(head_modules=list(cfg.model.head_modules), peft_task_type="TOKEN_CLS",
+                                              total_steps=inputs.context.total_steps, quantized=inputs.context.quantized)
+        value_model = models.load_model(cfg.model, quantization, cfg.seed, "token_classification", 1)
+        value_model = methods.apply_method(value_model, methods.build_method(cfg.method, value_context), value_context)
+        reference = None
+        if not methods.is_peft_model(policy):
+            reference = models.load_causal_lm(cfg.model, quantization, cfg.seed).eval().requires_grad_(False)
+        model = PolicyAndValue(policy, value_model)
+        record_parameters(model, inputs.record)
+        cap = cfg.budget.get("max_eval_samples")
+        held_out = {"eval": data.cap_eval(inputs.splits["validation"], cap)}
+        if cfg.get("role") != "trial":
+            held_out["test"] = data.cap_eval(inputs.splits["test"], cap)
+        callback = budget_stage.BudgetCallback(cfg.budget)
+        args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
+        trainer = PPOTrainer(
+            model=model, args=args, train_dataset=inputs.splits["train"], eval_dataset=held_out["eval"], processing_class=tokenizer,
+            callbacks=[callback, *inputs.callbacks], ppo={k: s[k] for k in (*POSITIVE_SETTINGS, *UNIT_SETTINGS)},
+            reference=reference, reward_fn=reward_fn, task=cfg.task,
+        )
+        trainer.generation_sets = {prefix: split.to_dict() for prefix, split in held_out.items()}
+        trainer.generation_task = cfg.task
+
+        def evaluate():
+            validation = trainer.evaluate(metric_key_prefix="eval")
+            test = trainer.evaluate(metric_key_prefix="test") if "test" in held_out else {}
+            return validation, test
+
+        fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
+        fitted.compute = {**trainer.spent, "reward_model_forward_passes": trainer.spent["reward_evaluations"] if s["reward"] == "model" else 0}
+        fitted.samples = [{"split": {"eval": "validation", "test": "test"}[p], **x} for p in held_out for x in trainer.generation_samples.get(p, [])]
+        return fitted
+

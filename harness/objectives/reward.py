@@ -1,0 +1,35 @@
+"""Reward modelling: TRL's RewardTrainer, a one-output scoring head trained on preference pairs (Bradley-Terry).
+
+The reward model is the base model with a new scalar head; the method
+decides what else trains. Its quality is held-out preference accuracy (how
+often it scores the chosen answer above the rejected one). With
+``keep_artifacts=true`` the trained model is kept for PPO, RLOO and GRPO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import budget as budget_stage
+from harness import models
+from harness.objectives.causal import TRLObjective
+from harness.objectives.generation import rewards
+
+
+class RewardObjective(TRLObjective):
+    head = "sequence_classification"
+    peft_task_type = "SEQ_CLS"
+    completion_columns = ("chosen", "rejected")
+    preference_scorer = staticmethod(rewards)
+    generate_answers = False  # a reward model scores; it does not generate
+
+    def trl_classes(self):
+        from trl import RewardConfig, RewardTrainer
+
+        return RewardTrainer, RewardConfig
+
+    def config_fields(self, cfg) -> dict[str, Any]:
+        return {"max_length": budget_stage.sequence_length(cfg)}
+
+    def load_model(self, cfg, quantization: str | None):
+        return models.load_classifier(cfg.model, 1, quantization, cfg.seed)

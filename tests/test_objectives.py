@@ -1,0 +1,166 @@
+"""Every generative objective × (full, lora) trains a few steps on a tiny random Llama and writes a valid record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose_config, run_cli_with
+
+from harness import records
+from harness.config import ConfigError
+from harness.run import build_objective
+
+# A 2-step run of the tiny random Llama (SmolLM2's tokenizer and chat template) on a small draw of a task.
+TINY_LM = [
+    "model=tiny_llama",
+    "budget=tiny",
+    "budget.max_steps=2",
+    "budget.eval_steps=2",
+    "budget.batch_size=4",
+    "task.max_seq_length=128",
+    "budget.max_eval_samples=4",
+    "task.max_new_tokens=4",
+    "task.generator.n_train=16",
+    "task.generator.n_validation=4",
+    "task.generator.n_test=4",
+]
+
+
+def _matrix(folder, task: str, objectives: str) -> tuple:
+    """One multirun of objectives × (full, lora); its records by (objective, method)."""
+    done = run_cli_with(folder, TINY_LM, f"task={task}", f"objective={objectives}", "method=full,lora")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, {(r["objective"], r["method"]): r for r in records.load_records(folder)}
+
+
+def _successful(runs: dict, objective: str, method: str) -> dict:
+    record = runs[(objective, method)]
+    assert record["status"] == "success", record.get("error")
+    assert not records.missing_fields(record)
+    return record
+
+
+@pytest.fixture(scope="module")
+def preference_runs(tmp_path_factory):
+    return _matrix(tmp_path_factory.mktemp("objectives"), "arithmetic_pref", "sft,reward,dpo")
+
+
+@pytest.mark.parametrize("objective", ["sft", "reward", "dpo"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_each_objective_and_method_writes_a_success_record(preference_runs, objective, method):
+    results, runs = preference_runs
+    record = _successful(runs, objective, method)
+    assert record["compute"]["steps"] == 2 and record["compute"]["train_tokens"] > 0
+    assert record["primary_metric"]["name"] == "preference_accuracy"
+    for split in ("validation", "test"):
+        assert 0.0 <= record["metrics"][split]["preference_accuracy"] <= 1.0
+    assert [p["step"] for p in record["learning_curve"] if "eval_preference_accuracy" in p] == [0, 2]
+    if objective == "reward":  # a scorer: no generations
+        assert "exact_match" not in record["metrics"]["validation"] and record["samples_file"] is None
+    else:
+        samples = [json.loads(line) for line in (results / "runs" / record["samples_file"]).read_text().splitlines()]
+        assert [s["split"] for s in samples] == ["validation"] * 4 + ["test"] * 4
+        assert {"prompt", "generation", "extracted", "reference", "correct"} <= set(samples[0])
+        correct = sum(s["correct"] for s in samples if s["split"] == "test")
+        assert record["metrics"]["test"]["exact_match"] == correct / 4
+    if objective == "dpo":
+        assert "rewards/accuracies" in record["metrics"]["validation"]
+
+
+def test_lora_trains_a_sliver_and_objectives_share_the_data_order(preference_runs):
+    _, runs = preference_runs
+    assert runs[("dpo", "lora")]["params"]["trainable"] < runs[("dpo", "full")]["params"]["trainable"] / 100
+    assert runs[("dpo", "lora")]["compute"]["data_order_sha256"] == runs[("reward", "lora")]["compute"]["data_order_sha256"]
+
+
+def test_sft_on_an_instruction_task(tmp_path):
+    done = run_cli_with(tmp_path, TINY_LM, "task=string_ops", "method=lora")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = records.load_records(tmp_path)
+    assert record["objective"] == "sft" and record["primary_metric"]["name"] == "exact_match"
+    assert record["metrics"]["validation"]["exact_match"] is not None
+
+
+def test_a_sequence_budget_too_short_for_the_prompts_fails_with_a_clear_error(tmp_path):
+    done = run_cli_with(tmp_path, TINY_LM, "task=arithmetic", "method=lora", "task.max_seq_length=32")
+    (record,) = records.load_records(tmp_path)
+    assert done.returncode == 0 and record["status"] == "failed"  # a multirun records the failure and goes on
+    assert "max_seq_length=32 leaves no completion token" in record["error"]
+
+
+
+
+@pytest.fixture(scope="module")
+def online_runs(tmp_path_factory):
+    return _matrix(tmp_path_factory.mktemp("online"), "arithmetic", "ppo,rloo,grpo")
+
+
+@pytest.mark.parametrize("objective", ["ppo", "rloo", "grpo"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_online_rl_objectives_write_records_with_their_rollout_cost(online_runs, objective, method):
+    results, runs = online_runs
+    record = _successful(runs, objective, method)
+    assert record["primary_metric"]["name"] == "exact_match" and record["primary_metric"]["test"] is not None
+    compute = record["compute"]
+    assert compute["steps"] == 2 and compute["rollout_tokens"] > 0
+    assert compute["reward_model_forward_passes"] == 0  # verifiable reward
+    assert compute["reward_evaluations"] == 2 * 4  # steps × completions per step (evaluation rollouts not counted)
+    assert record["samples_file"] and (results / "runs" / record["samples_file"]).exists()
+    if objective == "ppo":
+        assert compute["ppo_updates"] == 2 * 2 * 2  # steps × ppo_epochs × num_minibatches
+        assert {"score", "kl", "loss"} <= set(next(p for p in record["learning_curve"] if "loss" in p))
+        # the value model trains with the policy: its head is counted
+        assert record["params"]["total"] > runs[("rloo", method)]["params"]["total"]
+
+
+def test_ppo_with_the_reward_model_of_a_reward_run(tmp_path):
+    reward = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=reward", "method=lora", "keep_artifacts=true")
+    assert reward.returncode == 0, reward.stderr[-3000:]
+    (reward_record,) = records.load_records(tmp_path)
+    ppo = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=ppo", "method=lora",
+                       "objective.reward=model", f"objective.reward_run={reward_record['run_id']}")
+    assert ppo.returncode == 0, ppo.stderr[-3000:]
+    record = next(r for r in records.load_records(tmp_path) if r["objective"] == "ppo")
+    assert record["status"] == "success", record.get("error")
+    assert record["compute"]["reward_model_forward_passes"] == 2 * 4
+
+
+@pytest.mark.parametrize("objective", ["ppo", "rloo", "grpo"])
+def test_online_rl_refuses_a_missing_reward_run_before_loading_anything(tmp_path, objective):
+    cfg = compose_config([*TINY_LM, "task=arithmetic_pref", f"objective={objective}", "objective.reward=model",
+                          "objective.reward_run=0123456789abcdef", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=rf"^objective.reward_run: no successful objective=reward run '0123456789abcdef' in {tmp_path}/runs$"):
+        build_objective(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective=ppo", "objective.num_minibatches=3"], "objective.num_minibatches: must divide budget.batch_size=4"),
+        (["objective=ppo", "objective.gamma=1.5"], "objective.gamma: must be in [0, 1] (got 1.5)"),
+        (["objective=ppo", "objective.kl_coef=-0.1"], "objective.kl_coef: must be a positive number (got -0.1)"),
+        (["objective=grpo", "objective.num_generations=3"], "objective.num_generations: must divide budget.batch_size=4 (got 3)"),
+        (["objective=rloo", "objective.reward=oracle"], "objective.reward: got 'oracle'; allowed: verifiable, model"),
+        (["objective=ppo", "objective.reward=model"], "objective.reward_run: must name the run_id of an objective=reward run"),
+    ],
+)
+def test_bad_online_rl_settings_are_one_line_errors(overrides, message):
+    cfg = compose_config([*TINY_LM, "task=arithmetic", *overrides])
+    with pytest.raises(ConfigError) as error:
+        build_objective(cfg)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.slow
+def test_sft_on_the_embedded_smollm2_trains_and_generates(tmp_path):
+    """A few LoRA steps of SFT on the real SmolLM2-135M-Instruct (the GGUF conversion is cached after the first run)."""
+    overrides = ["model=smollm2_135m", "task=arithmetic", "method=lora", "budget=tiny", "budget.max_steps=3",
+                 "budget.eval_steps=3", "budget.batch_size=4", "budget.max_eval_samples=8",
+                 "task.generator.n_train=64", "task.generator.n_validation=8", "task.generator.n_test=8"]
+    done = run_cli_with(tmp_path, overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = records.load_records(tmp_path)
+    assert record["status"] == "success" and record["params"]["total"] > 134_000_000
+    samples = [json.loads(line) for line in (tmp_path / "runs" / record["samples_file"]).read_text().splitlines()]
+    assert all(s["generation"].strip() for s in samples)  # a real model answers something
