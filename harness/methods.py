@@ -98,6 +98,20 @@ def check_method(method_object: Any, context: MethodContext) -> None:
         method_object.check(context)
 
 
+def check_trains_something(architecture: nn.Module, method_object: Any, context: MethodContext, name: str) -> None:
+    """A harness method applied to the weightless skeleton must leave something trainable.
+
+    BitFit on a model without bias terms (Llama) or a head-only probe under an
+    objective without a new head (SFT) would otherwise fail at the first
+    backward pass, after the weights were loaded.
+    """
+    if is_peft(method_object):
+        return
+    method_object.apply(architecture, context)
+    if not any(p.requires_grad for p in architecture.parameters()):
+        raise ConfigError("method", f"{name} leaves nothing to train in this model with this objective (no bias terms or no new head)")
+
+
 def _peft_config_for_run(config: Any, context: MethodContext) -> Any:
     """Fill in what PEFT needs from the run: the task type and the head to train."""
     if getattr(config, "task_type", None) is None:
@@ -126,7 +140,9 @@ def _expose_legacy_cache_kwarg(model: nn.Module) -> None:
 
     @functools.wraps(original)
     def forward(*args, past_key_values=None, **kwargs):
-        return original(*args, cache=past_key_values, **kwargs)
+        if past_key_values is not None:  # a decoder's own cache (generation) already arrives as ``cache``
+            kwargs["cache"] = past_key_values
+        return original(*args, **kwargs)
 
     signature = [*parameters.values()]
     legacy = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)

@@ -145,10 +145,14 @@ def module_names(model: DictConfig, num_labels: int, head: str = "sequence_class
     Lets validation check target modules in a fraction of a second, before
     the weights are read.
     """
+    return [name for name, _ in skeleton(model, num_labels, head).named_modules()]
+
+
+def skeleton(model: DictConfig, num_labels: int, head: str = "sequence_classification"):
+    """The architecture on the meta device: every module and parameter name, no weights, no memory."""
     config = load_config(model, num_labels)
     with torch.device("meta"):
-        skeleton = _auto_class(head).from_config(config)
-    return [name for name, _ in skeleton.named_modules()]
+        return _auto_class(head).from_config(config)
 
 
 def quantization_config(kind: str | None, skip_modules: list[str]) -> Any:

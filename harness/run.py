@@ -84,7 +84,9 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     )
     method_object = methods.build_method(cfg.method, context)
     methods.check_method(method_object, context)
-    names = models.module_names(cfg.model, num_labels, objective.head)
+    architecture = models.skeleton(cfg.model, num_labels, objective.head)
+    names = [name for name, _ in architecture.named_modules()]
+    methods.check_trains_something(architecture, method_object, context, cfg.method.name)
     for key in ("target_modules", "feedforward_modules"):
         methods_target = getattr(method_object, key, None)
         if isinstance(methods_target, set | frozenset):

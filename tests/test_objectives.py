@@ -164,3 +164,20 @@ def test_sft_on_the_embedded_smollm2_trains_and_generates(tmp_path):
     assert record["status"] == "success" and record["params"]["total"] > 134_000_000
     samples = [json.loads(line) for line in (tmp_path / "runs" / record["samples_file"]).read_text().splitlines()]
     assert all(s["generation"].strip() for s in samples)  # a real model answers something
+
+
+def test_prompt_learning_methods_train_a_decoder(tmp_path):
+    """Prefix and prompt tuning on a Llama under DPO (transformers 5 renamed the cache argument PEFT passes)."""
+    done = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=dpo", "method=prefix,prompt")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = records.load_records(tmp_path)
+    assert len(runs) == 2 and all(r["status"] == "success" for r in runs), [r.get("error") for r in runs]
+
+
+@pytest.mark.parametrize("method", ["bitfit", "head"])
+def test_methods_that_would_train_nothing_on_a_decoder_are_refused_before_loading(method):
+    from harness.run import prepare
+
+    cfg = compose_config([*TINY_LM, "task=arithmetic", f"method={method}"])
+    with pytest.raises(ConfigError, match=rf"^method: {method} leaves nothing to train in this model"):
+        prepare(cfg)

@@ -120,6 +120,7 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
                 attention[i, : len(f)] = 1
                 scored[i, len(p) : len(f)] = True
             logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
+            logits = logits[:, -ids.shape[1] :]  # prompt tuning prepends virtual tokens' logits: drop them
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
             totals += (logprobs * scored[:, 1:].to(device)).sum(dim=1).tolist()
     finally:

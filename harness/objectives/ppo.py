@@ -71,6 +71,7 @@ def positions(attention: torch.Tensor) -> torch.Tensor:
 def response_logprobs(model, ids, attention, query_length: int, temperature: float) -> torch.Tensor:
     """log π(token) of each response token, from the logits at the position before it."""
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions(attention)).logits
+    logits = logits[:, -ids.shape[1] :]  # prompt tuning prepends virtual tokens' logits: drop them
     logits = logits[:, query_length - 1 : -1].float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, query_length:, None]).squeeze(-1)
 
@@ -78,7 +79,7 @@ def response_logprobs(model, ids, attention, query_length: int, temperature: flo
 def response_values(value_model, ids, attention, query_length: int) -> torch.Tensor:
     """V(state before each response token)."""
     out = value_model(input_ids=ids, attention_mask=attention, position_ids=positions(attention)).logits
-    return out[:, query_length - 1 : -1, 0].float()
+    return out[:, -ids.shape[1] :][:, query_length - 1 : -1, 0].float()
 
 
 def response_mask(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
