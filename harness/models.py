@@ -139,20 +139,20 @@ def _auto_class(head: str):
     return getattr(transformers, names[head])
 
 
-def module_names(model: DictConfig, num_labels: int, head: str = "sequence_classification") -> list[str]:
-    """Names of every module, from a weightless (meta-device) skeleton.
-
-    Lets validation check target modules in a fraction of a second, before
-    the weights are read.
-    """
-    return [name for name, _ in skeleton(model, num_labels, head).named_modules()]
-
-
 def skeleton(model: DictConfig, num_labels: int, head: str = "sequence_classification"):
-    """The architecture on the meta device: every module and parameter name, no weights, no memory."""
+    """The architecture on the meta device: every module and parameter name, no weights, no memory.
+
+    Lets validation check target modules and what a method trains in a
+    fraction of a second, before the weights are read.
+    """
     config = load_config(model, num_labels)
     with torch.device("meta"):
         return _auto_class(head).from_config(config)
+
+
+def quantization_of(cfg: DictConfig) -> str | None:
+    """The run's quantization: the method's (qlora) or else the model's."""
+    return cfg.method.get("quantization") or cfg.model.get("quantization")
 
 
 def quantization_config(kind: str | None, skip_modules: list[str]) -> Any:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import budget as budget_stage
 from harness import data, measure, methods, models, records
 from harness.config import check_target_modules, validate
-from harness.objectives.base import RunInputs, training_arguments  # noqa: F401 - training_arguments re-exported
+from harness.objectives.base import RunInputs
 
 TRACEBACK_TAIL_LINES = 30
 # Messages of allocators that ran out (torch's CPU allocator raises RuntimeError, not MemoryError).
@@ -53,10 +53,6 @@ class PreparedRun:
     objective: Any
 
 
-def quantization_of(cfg: DictConfig) -> str | None:
-    return cfg.method.get("quantization") or cfg.model.get("quantization")
-
-
 def build_objective(cfg: DictConfig):
     """The objective object from its YAML (Hydra instantiate), checked against the task."""
     from hydra.utils import instantiate
@@ -80,7 +76,7 @@ def prepare(cfg: DictConfig) -> PreparedRun:
         if cfg.model.get("adapter_sites") is not None
         else {},
         total_steps=budget_stage.trainer_max_steps(cfg.budget),
-        quantized=quantization_of(cfg) is not None,
+        quantized=models.quantization_of(cfg) is not None,
     )
     method_object = methods.build_method(cfg.method, context)
     methods.check_method(method_object, context)
@@ -206,7 +202,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
             "validation": _strip_prefix(fitted.validation_metrics, "eval_"),
             "test": _strip_prefix(fitted.test_metrics, "test_"),
         },
-        memory={**fitted.memory.as_record(), "device": device.type, "quantization": quantization_of(cfg), **settings},
+        memory={**fitted.memory.as_record(), "device": device.type, "quantization": models.quantization_of(cfg), **settings},
         time={
             "train_seconds": spent["seconds"],
             "eval_seconds": fitted.eval_clock.seconds + spent["eval_seconds_during_training"],

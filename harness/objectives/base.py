@@ -11,6 +11,9 @@ training and evaluation.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,44 @@ class RunInputs:
     callbacks: list[Any]
 
 
-class Objective:
+# Where a batch's token ids are, by trainer: Trainer/SFT/reward, DPO's pairs, TRL's prompt tensors.
+ORDER_KEYS = ("input_ids", "prompt_input_ids", "prompt_ids")
+
+
+class DataOrderFingerprint:
+    """Trainer mixin: a SHA-256 over the token ids of every training batch, in order.
+
+    Two runs with equal fingerprints trained on the same examples in the same
+    order; the record carries it so a reader can check that methods compared
+    in a table really saw the same data. It also counts the examples trained on.
+    """
+
+    rows_per_example = 1  # preference trainers stack chosen and rejected: two rows per pair
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_order_hash = hashlib.sha256()
+        self.samples_trained = 0
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        if isinstance(inputs, list):  # online RL trainers get raw prompt rows and generate from them
+            self.note_batch(json.dumps([row.get("prompt") for row in inputs], default=str).encode(), len(inputs))
+        else:
+            ids = next((inputs[k] for k in ORDER_KEYS if k in inputs), None)
+            if ids is not None:
+                self.note_batch(ids.detach().cpu().numpy().tobytes(), int(ids.shape[0]) // self.rows_per_example)
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def note_batch(self, content: bytes, examples: int) -> None:
+        """Fold one training batch into the fingerprint (a loop of its own, such as PPO's, calls this directly)."""
+        self.data_order_hash.update(content)
+        self.samples_trained += examples
+
+    def data_order_fingerprint(self) -> str | None:
+        return self.data_order_hash.hexdigest() if self.samples_trained else None
+
+
+class Objective(ABC):
     """Base of every objective; subclasses set the class attributes and implement ``fit``."""
 
     head: str = "causal_lm"  # or "sequence_classification"
@@ -62,14 +102,15 @@ class Objective:
         self.task_types = tuple(task_types)  # from the YAML; config.validate checks the task against it
         self.settings = settings
 
-    def check(self, cfg: DictConfig) -> None:
+    def check(self, cfg: DictConfig) -> None:  # noqa: B027 - an optional hook: most objectives have no settings
         """The objective's own settings, before any weights load (the task type is checked by config.validate)."""
 
     def num_labels(self, cfg: DictConfig) -> int:
         return 1
 
+    @abstractmethod
     def fit(self, inputs: RunInputs) -> FittedRun:
-        raise NotImplementedError
+        """Load, wrap, train under the budget and evaluate: the measured run."""
 
 
 def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device: torch.device, config_class=None, **extra):

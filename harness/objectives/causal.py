@@ -10,14 +10,16 @@ same budget callback and measurements.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from datasets import Dataset
 from transformers import PrinterCallback
 
 from harness import budget as budget_stage
-from harness import data, methods, models
+from harness import methods, models
 from harness.objectives.base import (
+    DataOrderFingerprint,
     FittedRun,
     Objective,
     RunInputs,
@@ -25,10 +27,7 @@ from harness.objectives.base import (
     train_and_evaluate,
     training_arguments,
 )
-from harness.objectives.cls import DataOrderFingerprint
-from harness.objectives.generation import GenerationEvalMixin, as_conversation, completion_logprobs
-
-SAMPLE_SPLITS = {"eval": "validation", "test": "test"}
+from harness.objectives.generation import GenerationEvalMixin, as_conversation, completion_logprobs, held_out_splits
 
 
 def conversational(split: Dataset, columns: tuple[str, ...]) -> Dataset:
@@ -50,9 +49,9 @@ class TRLObjective(Objective):
     preference_scorer = staticmethod(completion_logprobs)
     generate_answers = True
 
+    @abstractmethod
     def trl_classes(self) -> tuple[type, type]:
         """(Trainer class, its config class)."""
-        raise NotImplementedError
 
     def config_fields(self, cfg) -> dict[str, Any]:
         """The TRL config's own fields for this run."""
@@ -74,12 +73,8 @@ class TRLObjective(Objective):
     def fit(self, inputs: RunInputs) -> FittedRun:
         cfg = inputs.cfg
         tokenizer = models.load_tokenizer(cfg.model)
-        cap = cfg.budget.get("max_eval_samples")
-        held_out = {prefix: data.cap_eval(inputs.splits[name], cap) for prefix, name in SAMPLE_SPLITS.items()}
-        if cfg.get("role") == "trial":  # model selection never sees the test split
-            held_out.pop("test")
-        quantization = cfg.method.get("quantization") or cfg.model.get("quantization")
-        model = methods.apply_method(self.load_model(cfg, quantization), inputs.method_object, inputs.context)
+        held_out = held_out_splits(cfg, inputs.splits)
+        model = methods.apply_method(self.load_model(cfg, models.quantization_of(cfg)), inputs.method_object, inputs.context)
         record_parameters(model, inputs.record)
         callback = budget_stage.BudgetCallback(cfg.budget)
         trainer_class, config_class = self.trl_classes()
@@ -102,8 +97,7 @@ class TRLObjective(Objective):
                 f"max_seq_length={budget_stage.sequence_length(cfg)} leaves no completion token in any of the "
                 f"{available} training examples (the formatted prompts are longer); raise task.max_seq_length"
             )
-        trainer.generation_sets = {prefix: split.to_dict() for prefix, split in held_out.items()}
-        trainer.generation_task = cfg.task
+        trainer.score_held_out(held_out, cfg.task)
         trainer.rows_per_example = max(1, len(self.completion_columns))
         trainer.preference_scorer = self.preference_scorer
         trainer.generate_answers = self.generate_answers
@@ -116,11 +110,7 @@ class TRLObjective(Objective):
 
         fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
         fitted.compute = {"train_examples": used, "train_examples_dropped_by_truncation": available - used, **self.spent()}
-        fitted.samples = [
-            {"split": SAMPLE_SPLITS[prefix], **sample}
-            for prefix in ("eval", "test")
-            for sample in trainer.generation_samples.get(prefix, [])
-        ]
+        fitted.samples = trainer.samples_by_split()
         return fitted
 
 

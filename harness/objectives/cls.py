@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +13,7 @@ from harness import budget as budget_stage
 from harness import data, methods, models
 from harness.metrics import load_metric
 from harness.objectives.base import (
+    DataOrderFingerprint,
     FittedRun,
     Objective,
     RunInputs,
@@ -22,39 +21,6 @@ from harness.objectives.base import (
     train_and_evaluate,
     training_arguments,
 )
-
-# Where a batch's token ids are, by trainer: Trainer/SFT/reward, DPO's pairs, TRL's prompt tensors.
-ORDER_KEYS = ("input_ids", "prompt_input_ids", "prompt_ids")
-
-
-class DataOrderFingerprint:
-    """Trainer mixin: a SHA-256 over the token ids of every training batch, in order.
-
-    Two runs with equal fingerprints trained on the same examples in the same
-    order; the record carries it so a reader can check that methods compared
-    in a table really saw the same data. It also counts the examples trained on.
-    """
-
-    rows_per_example = 1  # preference trainers stack chosen and rejected: two rows per pair
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.data_order_hash = hashlib.sha256()
-        self.samples_trained = 0
-
-    def training_step(self, model, inputs, *args, **kwargs):
-        if isinstance(inputs, list):  # online RL trainers get raw prompt rows and generate from them
-            self.data_order_hash.update(json.dumps([row.get("prompt") for row in inputs], default=str).encode())
-            self.samples_trained += len(inputs)
-        else:
-            ids = next((inputs[k] for k in ORDER_KEYS if k in inputs), None)
-            if ids is not None:
-                self.data_order_hash.update(ids.detach().cpu().numpy().tobytes())
-                self.samples_trained += int(ids.shape[0]) // self.rows_per_example
-        return super().training_step(model, inputs, *args, **kwargs)
-
-    def data_order_fingerprint(self) -> str | None:
-        return self.data_order_hash.hexdigest() if self.samples_trained else None
 
 
 class ClassificationTrainer(DataOrderFingerprint, Trainer):
@@ -113,8 +79,7 @@ class ClassificationObjective(Objective):
         tokenized = data.tokenize(inputs.splits, tokenizer, budget_stage.sequence_length(cfg))
         validation = data.cap_eval(tokenized["validation"], cfg.budget.get("max_eval_samples"))
         test = data.cap_eval(tokenized["test"], cfg.budget.get("max_eval_samples"))
-        quantization = cfg.method.get("quantization") or cfg.model.get("quantization")
-        model = models.load_classifier(cfg.model, self.num_labels(cfg), quantization, cfg.seed)
+        model = models.load_classifier(cfg.model, self.num_labels(cfg), models.quantization_of(cfg), cfg.seed)
         model = methods.apply_method(model, inputs.method_object, inputs.context)
         record_parameters(model, inputs.record)
         callback = budget_stage.BudgetCallback(cfg.budget)

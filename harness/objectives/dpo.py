@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness import budget as budget_stage
-from harness import methods
+from harness import methods, models
 from harness.config import ConfigError
 from harness.objectives.causal import TRLObjective
 
@@ -41,5 +41,5 @@ class DPOObjective(TRLObjective):
         if methods.is_peft_model(model):
             return {}
         cfg = inputs.cfg
-        reference = self.load_model(cfg, cfg.method.get("quantization") or cfg.model.get("quantization"))
+        reference = self.load_model(cfg, models.quantization_of(cfg))
         return {"ref_model": reference.requires_grad_(False).eval()}

@@ -18,13 +18,35 @@ the study's pruner, and their time is charged to evaluation, not training.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from harness.data import extract_answer
+from harness.data import cap_eval, extract_answer
 from harness.metrics import load_metric
+
+
+@contextmanager
+def scoring(model):
+    """Eval mode (no dropout) while scoring or generating, then back to the mode the model was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def padding_side(tokenizer, side: str):
+    """Pad on ``side`` for the duration (left for generation), then as before."""
+    before, tokenizer.padding_side = tokenizer.padding_side, side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
 
 
 def chat_prompt(tokenizer, prompt: str) -> str:
@@ -53,12 +75,8 @@ def as_conversation(prompt: str, completion: str | None = None) -> dict[str, Any
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy completions, left-padded batches; special tokens stripped."""
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
     completions = []
-    try:
+    with scoring(model) as device, padding_side(tokenizer, "left"):
         for start in range(0, len(prompts), batch_size):
             batch = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
             encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -71,9 +89,6 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
             )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
             completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return completions
 
 
@@ -96,13 +111,10 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
 
     The completion's tokens are those the formatted conversation has beyond the
     formatted prompt (end-of-turn marker included), as in TRL's completion masks.
+    Batches are padded here, on the right, so the tokenizer's padding side does not matter.
     """
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "right"
-    device = next(model.parameters()).device
     totals: list[float] = []
-    try:
+    with scoring(model) as device:
         for start in range(0, len(prompts), batch_size):
             heads = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
             tails = completions[start : start + batch_size]
@@ -123,20 +135,14 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
             logits = logits[:, -ids.shape[1] :]  # prompt tuning prepends virtual tokens' logits: drop them
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
             totals += (logprobs * scored[:, 1:].to(device)).sum(dim=1).tolist()
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return totals
 
 
 @torch.no_grad()
 def rewards(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> list[float]:
     """A reward model's score of each (prompt, completion), formatted as in training (chat template)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     scores: list[float] = []
-    try:
+    with scoring(model) as device:
         for start in range(0, len(prompts), batch_size):
             texts = [
                 conversation_text(tokenizer, p, c)
@@ -144,8 +150,6 @@ def rewards(model, tokenizer, prompts: list[str], completions: list[str], batch_
             ]
             encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             scores += model(**encoded).logits[:, 0].float().tolist()
-    finally:
-        model.train(was_training)
     return scores
 
 
@@ -158,6 +162,17 @@ def preference_margins(model, tokenizer, rows: dict[str, list], batch_size: int,
 def preference_metrics(model, tokenizer, rows: dict[str, list], batch_size: int, scorer) -> dict[str, float]:
     margins = preference_margins(model, tokenizer, rows, batch_size, scorer)
     return load_metric("preference_accuracy").compute(predictions=margins, references=[1] * len(margins))
+
+
+# Evaluation prefixes and the splits they score (the sample file names the split).
+HELD_OUT_SPLITS = {"eval": "validation", "test": "test"}
+
+
+def held_out_splits(cfg: DictConfig, splits) -> dict[str, Any]:
+    """The capped validation and test rows by evaluation prefix; a tuning trial never sees the test split."""
+    cap = cfg.budget.get("max_eval_samples")
+    prefixes = ["eval"] if cfg.get("role") == "trial" else list(HELD_OUT_SPLITS)
+    return {prefix: cap_eval(splits[HELD_OUT_SPLITS[prefix]], cap) for prefix in prefixes}
 
 
 class GenerationEvalMixin:
@@ -194,6 +209,19 @@ class GenerationEvalMixin:
             runtime = next(k for k in logs if k.endswith("_runtime"))
             logs[runtime] += self._pending_seconds  # generation is evaluation time, not training time
         super().log(logs, *args, **kwargs)
+
+    def score_held_out(self, held_out: dict[str, Any], task: DictConfig) -> None:
+        """Score these rows (by evaluation prefix) at every evaluation, for this task."""
+        self.generation_sets = {prefix: split.to_dict() for prefix, split in held_out.items()}
+        self.generation_task = task
+
+    def samples_by_split(self) -> list[dict[str, Any]]:
+        """The last evaluation's generations of each split, for the run's sample file."""
+        return [
+            {"split": HELD_OUT_SPLITS[prefix], **sample}
+            for prefix in HELD_OUT_SPLITS
+            for sample in self.generation_samples.get(prefix, [])
+        ]
 
     def generation_model(self):
         """The model that generates and is scored (PPO's policy, not its value model)."""

@@ -25,7 +25,6 @@ forward passes are counted in the record.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from harness import data, methods, models, records
 from harness.config import ConfigError
 from harness.objectives import ppo_math
 from harness.objectives.base import (
+    DataOrderFingerprint,
     FittedRun,
     Objective,
     RunInputs,
@@ -46,7 +46,7 @@ from harness.objectives.base import (
     train_and_evaluate,
     training_arguments,
 )
-from harness.objectives.generation import GenerationEvalMixin, chat_prompt, rewards
+from harness.objectives.generation import GenerationEvalMixin, chat_prompt, held_out_splits, padding_side, rewards
 
 POSITIVE_SETTINGS = ("kl_coef", "clip_range", "clip_range_value", "vf_coef", "temperature", "ppo_epochs", "num_minibatches")
 UNIT_SETTINGS = ("gamma", "lam")
@@ -92,21 +92,16 @@ def response_mask(responses: torch.Tensor, eos_token_id: int, pad_token_id: int)
     return mask.float()
 
 
-class PPOTrainer(GenerationEvalMixin, Trainer):
+class PPOTrainer(DataOrderFingerprint, GenerationEvalMixin, Trainer):
     """transformers' Trainer with PPO's rollout-and-update loop as its ``train``."""
 
     def __init__(self, *args, ppo: dict[str, Any], reference: nn.Module | None, reward_fn, task, **kwargs):
         super().__init__(*args, **kwargs)
         self.ppo, self.reference, self.reward_fn, self.task = ppo, reference, reward_fn, task
-        self.data_order_hash = hashlib.sha256()
-        self.samples_trained = 0
         self.spent = {"rollout_tokens": 0, "reward_evaluations": 0, "ppo_updates": 0}
 
     def generation_model(self):
         return self.model.policy
-
-    def data_order_fingerprint(self) -> str | None:
-        return self.data_order_hash.hexdigest() if self.samples_trained else None
 
     def _prompt_batches(self):
         """Prompts in an order fixed by data_seed (the same for every method), reshuffled each epoch."""
@@ -155,13 +150,10 @@ class PPOTrainer(GenerationEvalMixin, Trainer):
     def _rollout(self, batch) -> dict[str, torch.Tensor]:
         tokenizer, policy, settings = self.processing_class, self.model.policy, self.ppo
         device = next(policy.parameters()).device
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
+        with padding_side(tokenizer, "left"):
             queries = tokenizer([chat_prompt(tokenizer, p) for p in batch["prompt"]], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
-        finally:
-            tokenizer.padding_side = side
-        self.data_order_hash.update(queries["input_ids"].cpu().numpy().tobytes())
+        self.note_batch(queries["input_ids"].cpu().numpy().tobytes(), len(batch["prompt"]))
         policy.eval()
         with torch.no_grad():
             generated = policy.generate(
@@ -221,7 +213,6 @@ class PPOTrainer(GenerationEvalMixin, Trainer):
         self.lr_scheduler.step()
         generated = int(mask.sum().item())
         self.state.num_input_tokens_seen += int(rollout["attention"].sum().item())
-        self.samples_trained += size
         self.spent["rollout_tokens"] += generated
         self.spent["reward_evaluations"] += size
         self.spent["ppo_updates"] += updates
@@ -325,7 +316,7 @@ class PPOObjective(Objective):
             reward_fn = model_reward(reward_model, tokenizer, cfg.budget.batch_size)
         else:
             reward_fn = verifiable_reward(cfg.task)
-        quantization = cfg.method.get("quantization") or cfg.model.get("quantization")
+        quantization = models.quantization_of(cfg)
         policy = methods.apply_method(models.load_causal_lm(cfg.model, quantization, cfg.seed), inputs.method_object, inputs.context)
         value_context = methods.MethodContext(head_modules=list(cfg.model.head_modules), peft_task_type="TOKEN_CLS",
                                               total_steps=inputs.context.total_steps, quantized=inputs.context.quantized)
@@ -336,10 +327,7 @@ class PPOObjective(Objective):
             reference = models.load_causal_lm(cfg.model, quantization, cfg.seed).eval().requires_grad_(False)
         model = PolicyAndValue(policy, value_model)
         record_parameters(model, inputs.record)
-        cap = cfg.budget.get("max_eval_samples")
-        held_out = {"eval": data.cap_eval(inputs.splits["validation"], cap)}
-        if cfg.get("role") != "trial":
-            held_out["test"] = data.cap_eval(inputs.splits["test"], cap)
+        held_out = held_out_splits(cfg, inputs.splits)
         callback = budget_stage.BudgetCallback(cfg.budget)
         args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
         trainer = PPOTrainer(
@@ -347,8 +335,7 @@ class PPOObjective(Objective):
             callbacks=[callback, *inputs.callbacks], ppo={k: s[k] for k in (*POSITIVE_SETTINGS, *UNIT_SETTINGS)},
             reference=reference, reward_fn=reward_fn, task=cfg.task,
         )
-        trainer.generation_sets = {prefix: split.to_dict() for prefix, split in held_out.items()}
-        trainer.generation_task = cfg.task
+        trainer.score_held_out(held_out, cfg.task)
 
         def evaluate():
             validation = trainer.evaluate(metric_key_prefix="eval")
@@ -357,6 +344,6 @@ class PPOObjective(Objective):
 
         fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
         fitted.compute = {**trainer.spent, "reward_model_forward_passes": trainer.spent["reward_evaluations"] if s["reward"] == "model" else 0}
-        fitted.samples = [{"split": {"eval": "validation", "test": "test"}[p], **x} for p in held_out for x in trainer.generation_samples.get(p, [])]
+        fitted.samples = trainer.samples_by_split()
         return fitted
 

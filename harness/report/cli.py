@@ -108,7 +108,7 @@ def _figures(folder, cells, chosen, frame, tuning, studies, records) -> dict[str
     spaces = {name: (s.get("search") or {}).get("space") or {} for name, s in studies.items()}
     figures: dict[str, list[Path]] = {}
     for task, rows in cells.groupby("task", sort=True) if not cells.empty else ():
-        slug = render._slug(task)
+        slug = render.slug(task)
         paths = [
             plots.save(plots.tradeoff(rows, "trainable", "trainable parameters (log)", True, palette), folder, f"{slug}_quality_vs_params"),
             plots.save(plots.tradeoff(rows, "peak_mem_mib", "peak memory (MiB)", False, palette), folder, f"{slug}_quality_vs_memory"),

@@ -178,7 +178,7 @@ def latex_table(table: DisplayTable) -> str:
         hrules=True,
         column_format=alignment,
         caption=_latex_text(table.caption),
-        label=f"tab:{_slug(table.task)}",
+        label=f"tab:{slug(table.task)}",
         position="t",
         position_float="centering",
     )
@@ -186,7 +186,7 @@ def latex_table(table: DisplayTable) -> str:
 
 
 def html_table(table: DisplayTable) -> str:
-    styler = table.cells.style.hide(axis="index").set_uuid(_slug(table.task))  # stable ids: same records, same page
+    styler = table.cells.style.hide(axis="index").set_uuid(slug(table.task))  # stable ids: same records, same page
     styler = styler.apply(lambda _: table.bold.map(lambda b: "font-weight: bold" if b else ""), axis=None)
     return styler.set_caption(table.caption).set_table_attributes('class="results"').to_html()
 
@@ -197,7 +197,7 @@ def _latex_text(text: str) -> str:
     return text
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "-" for c in text).strip("-").lower()
 
 
