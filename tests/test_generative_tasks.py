@@ -37,6 +37,20 @@ def test_arithmetic_answers_are_right_and_splits_disjoint_and_deterministic():
     assert generative.arithmetic(300, 50, 50, seed=4)["test"]["prompt"] != task["test"]["prompt"]
 
 
+def test_arithmetic_steps_set_the_number_of_operations_and_bad_steps_are_refused():
+    one_step = generative.arithmetic(200, 20, 20, seed=3, steps=[1])
+    for row in one_step["train"]:
+        assert row["prompt"].count(". ") == 2  # the start, one operation, then the question
+        assert str(_solve(row["prompt"])) == row["answer"]
+    multi = generative.arithmetic(200, 20, 20, seed=3)
+    assert {row["prompt"].count(". ") for row in multi["train"]} == {3, 4}
+    pairs = generative.arithmetic_preferences(50, 10, 10, seed=3, steps=[1])
+    assert pairs["train"]["prompt"] == generative.arithmetic(50, 10, 10, seed=3, steps=[1])["train"]["prompt"]
+    for bad in ([], [0], "1", [1.5], None):
+        with pytest.raises(ValueError, match="task.generator.steps must be a non-empty list of step counts from 1 to 6"):
+            generative.arithmetic(10, 5, 5, steps=bad)
+
+
 def test_preference_pairs_share_the_instruction_prompts_and_reject_a_wrong_answer():
     instructions = generative.arithmetic(100, 20, 20, seed=9)
     pairs = generative.arithmetic_preferences(100, 20, 20, seed=9)

@@ -18,8 +18,9 @@ RLOO) and the exact-match metric need no parsing of the completion column.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from datasets import Dataset, DatasetDict
 
@@ -32,12 +33,12 @@ CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
 Example = tuple[str, str, str]  # prompt, completion (the correct answer), a plausible wrong answer
 
 
-def _arithmetic_problem(rng: random.Random) -> Example:
-    """Two or three steps of adding, removing and multiplying items; every intermediate stays positive."""
+def _arithmetic_problem(rng: random.Random, steps: tuple[int, ...] = (2, 3)) -> Example:
+    """``steps`` (one drawn) of adding, removing and doubling items; every intermediate stays positive."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     count = rng.randint(2, 20)
     sentences = [f"{name} has {count} {item}."]
-    for _ in range(rng.choice((2, 3))):
+    for _ in range(rng.choice(steps)):
         kind = rng.choice(("add", "remove", "times") if count < 40 else ("add", "remove"))
         before = count
         if kind == "add":
@@ -137,14 +138,26 @@ def _preference(drawn: dict[str, list[Example]]) -> DatasetDict:
     )
 
 
-def arithmetic(n_train: int = 2000, n_validation: int = 200, n_test: int = 200, seed: int = 2024) -> DatasetDict:
-    """Multi-step arithmetic word problems; the answer is an integer."""
-    return _instruction(_draw(_arithmetic_problem, _sizes(n_train, n_validation, n_test), seed))
+def _arithmetic_maker(steps: Sequence[int]) -> Callable[[random.Random], Example]:
+    """The problem drawer for these step counts; one step suits a 135M model on a CPU budget, 2-3 larger ones."""
+    counts = tuple(steps) if isinstance(steps, Sequence) and not isinstance(steps, str) else ()
+    if not counts or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 6 for n in counts):
+        raise ValueError(f"task.generator.steps must be a non-empty list of step counts from 1 to 6 (got {steps!r})")
+    return functools.partial(_arithmetic_problem, steps=counts)
 
 
-def arithmetic_preferences(n_train: int = 2000, n_validation: int = 200, n_test: int = 200, seed: int = 2024) -> DatasetDict:
-    """The same problems (same seed, same prompts) as pairs: the right number against a plausible slip."""
-    return _preference(_draw(_arithmetic_problem, _sizes(n_train, n_validation, n_test), seed))
+def arithmetic(
+    n_train: int = 2000, n_validation: int = 200, n_test: int = 200, seed: int = 2024, steps: Sequence[int] = (2, 3)
+) -> DatasetDict:
+    """Arithmetic word problems of ``steps`` steps (one count drawn per problem); the answer is an integer."""
+    return _instruction(_draw(_arithmetic_maker(steps), _sizes(n_train, n_validation, n_test), seed))
+
+
+def arithmetic_preferences(
+    n_train: int = 2000, n_validation: int = 200, n_test: int = 200, seed: int = 2024, steps: Sequence[int] = (2, 3)
+) -> DatasetDict:
+    """The same problems (same seed and steps, same prompts) as pairs: the right number against a plausible slip."""
+    return _preference(_draw(_arithmetic_maker(steps), _sizes(n_train, n_validation, n_test), seed))
 
 
 def string_ops(n_train: int = 2000, n_validation: int = 200, n_test: int = 200, seed: int = 7) -> DatasetDict:
