@@ -8,6 +8,7 @@ run record. The learning curve is collected here too, from the Trainer's logs.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -20,6 +21,7 @@ CURVE_TRAIN_KEYS = ("score", "reward", "kl", "clip_fraction", "response_length",
 # When only tokens or seconds bound a run, the Trainer still needs a step
 # count; this one is never reached, and the schedule is constant (see run.py).
 UNBOUNDED_STEPS = 10**9
+log = logging.getLogger("harness")
 
 
 def sequence_length(cfg: DictConfig) -> int:
@@ -76,6 +78,7 @@ class BudgetCallback(TrainerCallback):
         }
         if point:
             self.learning_curve.append({"step": state.global_step, **point})
+            log.info("step %s: %s", _progress(state), ", ".join(f"{k} {_short(v)}" for k, v in point.items()))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.train_seconds = time.perf_counter() - self._start - self.eval_seconds
@@ -90,3 +93,13 @@ class BudgetCallback(TrainerCallback):
             "eval_seconds_during_training": self.eval_seconds,
             "stop_reason": self.stop_reason,
         }
+
+
+def _progress(state: TrainerState) -> str:
+    """``12/150`` (or ``12`` when only tokens or seconds bound the run): minutes-long CPU runs show where they are."""
+    bounded = state.max_steps and state.max_steps < UNBOUNDED_STEPS
+    return f"{state.global_step}/{state.max_steps}" if bounded else str(state.global_step)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

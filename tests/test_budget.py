@@ -70,3 +70,15 @@ def test_diverging_run_is_recorded_as_failed(make_cfg):
         run_one(cfg)
     failed = records.read_record(records.record_path(cfg.results_dir, records.run_id(cfg)))
     assert failed["status"] == "failed" and "NonFiniteLossError" in failed["error"]
+
+
+def test_each_curve_point_is_logged_with_its_progress(caplog):
+    """A minutes-long run on a CPU says where it is at every logging step."""
+    callback = BudgetCallback(OmegaConf.create({"max_steps": 40}))
+    state, control = TrainerState(max_steps=40, global_step=20), TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    callback.on_train_begin(args, state, control)
+    with caplog.at_level("INFO", logger="harness"):
+        callback.on_log(args, state, control, logs={"loss": 1.63427, "learning_rate": 1e-4})
+        callback.on_log(args, state, control, logs={"eval_exact_match": 0.14, "eval_runtime": 3.0})
+    assert [r.getMessage() for r in caplog.records] == ["step 20/40: loss 1.634", "step 20/40: eval_exact_match 0.14"]

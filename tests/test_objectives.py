@@ -152,18 +152,33 @@ def test_bad_online_rl_settings_are_one_line_errors(overrides, message):
     assert str(error.value).startswith(message)
 
 
+# A few LoRA steps of the real SmolLM2-135M-Instruct (the GGUF conversion is cached after the first run).
+SMOLLM2_FEW_STEPS = ["model=smollm2_135m", "method=lora", "budget=tiny", "budget.max_steps=3", "budget.eval_steps=3",
+                     "budget.batch_size=4", "budget.max_eval_samples=8", "task.generator.n_train=64",
+                     "task.generator.n_validation=8", "task.generator.n_test=8"]
+
+
 @pytest.mark.slow
 def test_sft_on_the_embedded_smollm2_trains_and_generates(tmp_path):
-    """A few LoRA steps of SFT on the real SmolLM2-135M-Instruct (the GGUF conversion is cached after the first run)."""
-    overrides = ["model=smollm2_135m", "task=arithmetic", "method=lora", "budget=tiny", "budget.max_steps=3",
-                 "budget.eval_steps=3", "budget.batch_size=4", "budget.max_eval_samples=8",
-                 "task.generator.n_train=64", "task.generator.n_validation=8", "task.generator.n_test=8"]
-    done = run_cli_with(tmp_path, overrides)
+    done = run_cli_with(tmp_path, SMOLLM2_FEW_STEPS, "task=arithmetic")
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records.load_records(tmp_path)
     assert record["status"] == "success" and record["params"]["total"] > 134_000_000
     samples = [json.loads(line) for line in (tmp_path / "runs" / record["samples_file"]).read_text().splitlines()]
     assert all(s["generation"].strip() for s in samples)  # a real model answers something
+
+
+@pytest.mark.slow
+def test_dpo_and_ppo_on_the_embedded_smollm2_write_generation_metrics(tmp_path):
+    """The issue's done-when commands, shortened: DPO and PPO (verifiable reward) on the one-step preference task."""
+    done = run_cli_with(tmp_path, SMOLLM2_FEW_STEPS, "task=arithmetic_1step_pref", "objective=dpo,ppo")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r["objective"]: r for r in records.load_records(tmp_path)}
+    for objective in ("dpo", "ppo"):
+        assert runs[objective]["status"] == "success", runs[objective].get("error")
+        for split in ("validation", "test"):
+            assert {"preference_accuracy", "exact_match"} <= set(runs[objective]["metrics"][split])
+    assert runs["ppo"]["compute"]["rollout_tokens"] > 0 and runs["ppo"]["compute"]["reward_evaluations"] == 3 * 4
 
 
 def test_prompt_learning_methods_train_a_decoder(tmp_path):
