@@ -64,21 +64,27 @@ class BudgetCallback(TrainerCallback):
         return control
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
-        if not self._training:  # the final evaluations are recorded as metrics, not curve points
-            return
         logs = logs or {}
+        if not self._training:
+            self._end_curve_at_final_evaluation(state, logs)
+            return
         self.eval_seconds += logs.get("eval_runtime", 0.0)
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} at step {state.global_step}")
-        point = {
-            k: v
-            for k, v in logs.items()
-            if k == "loss" or k in CURVE_TRAIN_KEYS or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
-        }
+        point = {k: v for k, v in logs.items() if k == "loss" or k in CURVE_TRAIN_KEYS or _is_eval_metric(k)}
         if point:
             self.learning_curve.append({"step": state.global_step, **point})
             log.info("step %s: %s", _progress(state), ", ".join(f"{k} {_short(v)}" for k, v in point.items()))
+
+    def _end_curve_at_final_evaluation(self, state: TrainerState, logs: dict[str, Any]) -> None:
+        """A time or token stop rarely lands on an evaluation step, so the curve would end before the run
+        did; the validation pass after training (its figures are the record's metrics) closes it. Test
+        metrics (``test_`` keys) never enter the curve."""
+        point = {k: v for k, v in logs.items() if _is_eval_metric(k)}
+        evaluated_steps = {p["step"] for p in self.learning_curve if any(map(_is_eval_metric, p))}
+        if point and state.global_step not in evaluated_steps:
+            self.learning_curve.append({"step": state.global_step, **point})
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.train_seconds = time.perf_counter() - self._start - self.eval_seconds
@@ -99,6 +105,10 @@ def _progress(state: TrainerState) -> str:
     """``12/150`` (or ``12`` when only tokens or seconds bound the run): minutes-long CPU runs show where they are."""
     bounded = state.max_steps and state.max_steps < UNBOUNDED_STEPS
     return f"{state.global_step}/{state.max_steps}" if bounded else str(state.global_step)
+
+
+def _is_eval_metric(key: str) -> bool:
+    return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second"))
 
 
 def _short(value: Any) -> str:

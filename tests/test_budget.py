@@ -82,3 +82,31 @@ def test_each_curve_point_is_logged_with_its_progress(caplog):
         callback.on_log(args, state, control, logs={"loss": 1.63427, "learning_rate": 1e-4})
         callback.on_log(args, state, control, logs={"eval_exact_match": 0.14, "eval_runtime": 3.0})
     assert [r.getMessage() for r in caplog.records] == ["step 20/40: loss 1.634", "step 20/40: eval_exact_match 0.14"]
+
+
+def test_the_final_validation_closes_a_curve_cut_short_by_the_clock():
+    """A run stopped by max_time_s at step 56 with evaluations every 50 steps: its curve must reach step 56,
+    once, and only with validation figures."""
+    callback = BudgetCallback(OmegaConf.create({"max_steps": 300, "max_time_s": 1}))
+    state, control = TrainerState(max_steps=300, global_step=50), TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    callback.on_train_begin(args, state, control)
+    callback.on_log(args, state, control, logs={"eval_exact_match": 0.3, "eval_runtime": 9.0})
+    state.global_step = 56
+    callback.on_train_end(args, state, control)
+    callback.on_log(args, state, control, logs={"eval_exact_match": 0.49, "eval_runtime": 9.0})
+    callback.on_log(args, state, control, logs={"test_exact_match": 0.42, "test_runtime": 9.0})
+    callback.on_log(args, state, control, logs={"eval_exact_match": 0.49})  # a second pass adds nothing
+    assert callback.learning_curve == [{"step": 50, "eval_exact_match": 0.3}, {"step": 56, "eval_exact_match": 0.49}]
+    assert callback.eval_seconds == 9.0  # the final passes are timed as final evaluation, not training
+
+
+def test_a_curve_whose_last_evaluation_is_the_final_step_gains_no_duplicate():
+    callback = BudgetCallback(OmegaConf.create({"max_steps": 50}))
+    state, control = TrainerState(max_steps=50, global_step=50), TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    callback.on_train_begin(args, state, control)
+    callback.on_log(args, state, control, logs={"loss": 0.5, "eval_exact_match": 0.3})
+    callback.on_train_end(args, state, control)
+    callback.on_log(args, state, control, logs={"eval_exact_match": 0.3, "eval_runtime": 9.0})
+    assert callback.learning_curve == [{"step": 50, "loss": 0.5, "eval_exact_match": 0.3}]
