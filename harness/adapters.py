@@ -66,7 +66,7 @@ class BottleneckAdapterConfig:
             raise ConfigError("method.activation", f"got {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         unknown = [s for s in self.sites if s not in context.adapter_sites]
         if unknown:
-            defined = ", ".join(context.adapter_sites)
+            defined = ", ".join(context.adapter_sites) or "none (its config has no adapter_sites)"
             raise ConfigError("method.sites", f"{unknown[0]!r} unknown; this model defines: {defined}")
 
     def apply(self, model: nn.Module, context) -> nn.Module:

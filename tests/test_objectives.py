@@ -181,6 +181,23 @@ def test_dpo_and_ppo_on_the_embedded_smollm2_write_generation_metrics(tmp_path):
     assert runs["ppo"]["compute"]["rollout_tokens"] > 0 and runs["ppo"]["compute"]["reward_evaluations"] == 3 * 4
 
 
+@pytest.mark.parametrize(
+    ("objective", "method", "trainable"),
+    [
+        ("sft", "ln_tuning", 2 * 2 * 64 + 64),  # BERT's LayerNorm pattern would match no Llama norm
+        ("dpo", "adalora", None),  # AdaLoRA takes one adapter: TRL's "ref" copy would be refused
+        ("ppo", "adapter_houlsby", None),  # the value model needs the model's adapter sites too
+    ],
+)
+def test_methods_with_their_own_constraints_train_a_decoder(make_cfg, objective, method, trainable):
+    from harness.cli import run_one
+
+    record = run_one(make_cfg(*TINY_LM, "task=arithmetic_pref", f"objective={objective}", f"method={method}"))
+    assert record["status"] == "success", record.get("error")
+    assert record["params"]["trainable"] == (trainable or record["params"]["trainable"]) > 0
+
+
+@pytest.mark.slow  # about 40 s
 def test_prompt_learning_methods_train_a_decoder(tmp_path):
     """Prefix and prompt tuning on a Llama under DPO (transformers 5 renamed the cache argument PEFT passes)."""
     done = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=dpo", "method=prefix,prompt")

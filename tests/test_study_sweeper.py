@@ -147,6 +147,7 @@ def test_pruned_trials_are_recorded_as_pruned_with_the_compute_they_spent(tmp_pa
     assert summary["pruned_trials"] == [0, 1] and summary["tuning_cost"]["steps"] == 4
 
 
+@pytest.mark.slow  # test_multirun covers a failing job in the default run
 def test_a_cell_whose_trials_all_fail_is_recorded_and_the_other_cells_finish(tmp_path):
     result = run_cli(
         tmp_path, *STUDY, "method=lora,ia3", "hydra.sweeper.n_trials=2", "seed=0", "train.max_grad_norm=1e30",
@@ -185,6 +186,7 @@ def test_bad_sweep_input_fails_before_anything_trains(tmp_path, overrides, messa
     assert not records.runs_dir(tmp_path).exists()
 
 
+@pytest.mark.slow  # launcher path: about 30 s
 def test_two_joblib_workers_share_one_storage_and_write_every_record_once(tmp_path):
     result = run_cli(
         tmp_path, *STUDY, "method=lora", "hydra.sweeper.n_trials=4", "seed=0,1",
@@ -200,6 +202,7 @@ def test_two_joblib_workers_share_one_storage_and_write_every_record_once(tmp_pa
     assert len(job_dirs) == 6  # one output folder per job, none shared
 
 
+@pytest.mark.slow  # launcher path: about 35 s
 def test_submitit_launcher_runs_the_study_in_separate_processes(tmp_path):
     result = run_cli(
         tmp_path, *STUDY, "method=ia3", "hydra.sweeper.n_trials=2", "seed=0",

@@ -1,9 +1,11 @@
 """Direct preference optimisation (Rafailov et al., 2023): TRL's DPOTrainer on prompt/chosen/rejected pairs.
 
-The reference policy is the starting model. With a PEFT method it is the same
-model with the adapter disabled, so no second copy is held; any other method
-(full, bitfit, bottleneck adapters) gets a frozen copy loaded from the same
-weights, passed explicitly because TRL cannot reload an in-memory model.
+The reference policy is the starting model. With a PEFT method TRL adds a
+frozen copy of the starting adapter (named "ref") beside the trained one, so
+the base weights are held once. AdaLoRA allows a single adapter per model, so
+it, like every non-PEFT method (full, bitfit, bottleneck adapters), gets a
+frozen copy of the model loaded from the same weights, passed explicitly
+because TRL cannot reload an in-memory model.
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ class DPOObjective(TRLObjective):
         return {"beta": float(self.settings["beta"]), "loss_type": [self.settings["loss_type"]], "max_length": budget_stage.sequence_length(cfg)}
 
     def trainer_kwargs(self, inputs, model) -> dict[str, Any]:
-        if methods.is_peft_model(model):
+        if methods.is_peft_model(model) and not _one_adapter_only(model):
             return {}
         cfg = inputs.cfg
         reference = self.load_model(cfg, models.quantization_of(cfg))
         return {"ref_model": reference.requires_grad_(False).eval()}
+
+
+def _one_adapter_only(model) -> bool:
+    """AdaLoRA refuses a second adapter, so TRL could not add its frozen "ref" copy."""
+    from peft import PeftType
+
+    return any(config.peft_type == PeftType.ADALORA for config in model.peft_config.values())

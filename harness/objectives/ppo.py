@@ -25,6 +25,7 @@ forward passes are counted in the record.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -318,8 +319,8 @@ class PPOObjective(Objective):
             reward_fn = verifiable_reward(cfg.task)
         quantization = models.quantization_of(cfg)
         policy = methods.apply_method(models.load_causal_lm(cfg.model, quantization, cfg.seed), inputs.method_object, inputs.context)
-        value_context = methods.MethodContext(head_modules=list(cfg.model.head_modules), peft_task_type="TOKEN_CLS",
-                                              total_steps=inputs.context.total_steps, quantized=inputs.context.quantized)
+        value_context = dataclasses.replace(inputs.context, head_modules=list(cfg.model.head_modules),
+                                            peft_task_type="TOKEN_CLS")
         value_model = models.load_model(cfg.model, quantization, cfg.seed, "token_classification", 1)
         value_model = methods.apply_method(value_model, methods.build_method(cfg.method, value_context), value_context)
         reference = None
