@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli as _multirun
 
 from harness import records
@@ -13,6 +14,7 @@ def _records(results_dir) -> dict[str, dict]:
     return {r["run_id"]: r for r in records.load_records(results_dir)}
 
 
+@pytest.mark.slow  # about 20 s; the study sweeper test also checks that a rerun trains nothing
 def test_grid_completes_and_a_second_invocation_trains_nothing(tmp_path):
     first = _multirun(tmp_path, "method=lora,ia3", "seed=0,1")
     assert first.returncode == 0, first.stderr[-2000:]

@@ -174,10 +174,10 @@ def test_a_cell_whose_trials_all_fail_is_recorded_and_the_other_cells_finish(tmp
             "error: method.search.space.r.type: got 'normal'",
         ),
         (["method=lora,nope"], "Could not find 'method/nope'"),
-        (["method=ia3,lora", "method.r=4"], "Could not override 'method.r'"),
-        (["method=lora", "method.lora_dropout=2"], "error: method.lora_dropout: must be in [0, 1) (got 2)"),
+        pytest.param(["method=ia3,lora", "method.r=4"], "Could not override 'method.r'", marks=pytest.mark.slow),
+        pytest.param(["method=lora", "method.lora_dropout=2"], "error: method.lora_dropout: must be in [0, 1) (got 2)", marks=pytest.mark.slow),
         (["method=lora", "hydra.sweeper.storage=optuna.db"], "error: hydra.sweeper.storage: must be an RDB URL"),
-        (["method=lora", "tuning.trial=3"], "error: tuning.trial: is set by the study sweeper"),
+        pytest.param(["method=lora", "tuning.trial=3"], "error: tuning.trial: is set by the study sweeper", marks=pytest.mark.slow),
     ],
 )
 def test_bad_sweep_input_fails_before_anything_trains(tmp_path, overrides, message):
