@@ -72,12 +72,18 @@ def test_diverging_run_is_recorded_as_failed(make_cfg):
     assert failed["status"] == "failed" and "NonFiniteLossError" in failed["error"]
 
 
-def test_each_curve_point_is_logged_with_its_progress(caplog):
-    """A minutes-long run on a CPU says where it is at every logging step."""
-    callback = BudgetCallback(OmegaConf.create({"max_steps": 40}))
-    state, control = TrainerState(max_steps=40, global_step=20), TrainerControl()
+def _training_callback(budget: dict, step: int) -> tuple:
+    """A BudgetCallback whose training began, with the Trainer arguments and a state at ``step``."""
+    callback = BudgetCallback(OmegaConf.create(budget))
+    state, control = TrainerState(max_steps=budget["max_steps"], global_step=step), TrainerControl()
     args = TrainingArguments(output_dir="unused", report_to=[])
     callback.on_train_begin(args, state, control)
+    return callback, args, state, control
+
+
+def test_each_curve_point_is_logged_with_its_progress(caplog):
+    """A minutes-long run on a CPU says where it is at every logging step."""
+    callback, args, state, control = _training_callback({"max_steps": 40}, step=20)
     with caplog.at_level("INFO", logger="harness"):
         callback.on_log(args, state, control, logs={"loss": 1.63427, "learning_rate": 1e-4})
         callback.on_log(args, state, control, logs={"eval_exact_match": 0.14, "eval_runtime": 3.0})
@@ -87,10 +93,7 @@ def test_each_curve_point_is_logged_with_its_progress(caplog):
 def test_the_final_validation_closes_a_curve_cut_short_by_the_clock():
     """A run stopped by max_time_s at step 56 with evaluations every 50 steps: its curve must reach step 56,
     once, and only with validation figures."""
-    callback = BudgetCallback(OmegaConf.create({"max_steps": 300, "max_time_s": 1}))
-    state, control = TrainerState(max_steps=300, global_step=50), TrainerControl()
-    args = TrainingArguments(output_dir="unused", report_to=[])
-    callback.on_train_begin(args, state, control)
+    callback, args, state, control = _training_callback({"max_steps": 300, "max_time_s": 1}, step=50)
     callback.on_log(args, state, control, logs={"eval_exact_match": 0.3, "eval_runtime": 9.0})
     state.global_step = 56
     callback.on_train_end(args, state, control)
@@ -102,10 +105,7 @@ def test_the_final_validation_closes_a_curve_cut_short_by_the_clock():
 
 
 def test_a_curve_whose_last_evaluation_is_the_final_step_gains_no_duplicate():
-    callback = BudgetCallback(OmegaConf.create({"max_steps": 50}))
-    state, control = TrainerState(max_steps=50, global_step=50), TrainerControl()
-    args = TrainingArguments(output_dir="unused", report_to=[])
-    callback.on_train_begin(args, state, control)
+    callback, args, state, control = _training_callback({"max_steps": 50}, step=50)
     callback.on_log(args, state, control, logs={"loss": 0.5, "eval_exact_match": 0.3})
     callback.on_train_end(args, state, control)
     callback.on_log(args, state, control, logs={"eval_exact_match": 0.3, "eval_runtime": 9.0})
