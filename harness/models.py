@@ -214,11 +214,14 @@ def load_model(model: DictConfig, quantization: str | None, seed: int, head: str
 
 
 def _load_pretrained(path: str, config, model: DictConfig, quantization: str | None, head: str):
+    from harness.compat import keep_4bit_weights_trainable_on_cpu
+
     device_map = ({"": 0} if torch.cuda.is_available() else "cpu") if quantization else None
-    return _auto_class(head).from_pretrained(
+    loaded = _auto_class(head).from_pretrained(
         path,
         config=config,
         dtype=DTYPES[model.dtype],
         device_map=device_map,
         quantization_config=quantization_config(quantization, [*model.head_modules, "lm_head"]),
     )
+    return keep_4bit_weights_trainable_on_cpu(loaded) if quantization else loaded
