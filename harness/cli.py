@@ -61,6 +61,10 @@ def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
 def _summary(record: dict) -> str:
     primary = record["primary_metric"]
     role = "" if record.get("role", "run") == "run" else f" [{record['role']} {record['tuning']['trial']}]"
@@ -68,31 +72,35 @@ def _summary(record: dict) -> str:
     return (
         f"{objective}{record['method']} on {record['task']} ({record['budget']}, seed {record['seed']}){role}: "
         f"{record['status']}, {primary['name']} val={_figure(primary['validation'])} test={_figure(primary['test'])}; "
-        f"trainable {record['params']['trainable']:,} / {record['params']['total']:,}; "
-        f"peak mem +{record['memory']['peak_above_baseline_bytes'] / 2**20:.0f} MiB; "
+        f"method params {record['params']['method']:,} of {record['params']['total']:,}; "
+        f"train peak {_mib(record['memory']['train_peak_bytes'])} ({_mib(record['memory']['train_peak_above_baseline_bytes'])} above load); "
         f"{record['time']['train_seconds']:.1f}s train -> {record['run_id']}"
     )
 
 
 def run_one(cfg: DictConfig) -> dict | None:
-    """Skip if done, validate, train; returns the record (the earlier one when skipped, the failed one when failed)."""
+    """Validate, skip if done, train; returns the record (the earlier one when skipped, the failed one when failed).
+
+    Whether a run is done is known only once its data is loaded and its device
+    known (both are part of its identity), so skipping costs a data load.
+    """
     from harness import records
     from harness.config import ConfigError, validate
 
     try:
-        rid = records.run_id(cfg)
+        records.identity_config(cfg)  # resolves every interpolation
     except OmegaConfBaseException as error:
         raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
-    path = records.record_path(cfg.results_dir, rid)
-    if not cfg.force and records.is_done(cfg.results_dir, rid):
-        log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
-        return records.read_record(path)
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     _quiet_libraries()
     _apply_memory_limit(cfg.get("memory_limit_gb"))
     from harness.run import RunFailed, execute, prepare
 
     prepared = prepare(cfg)
+    rid, path = prepared.run_id, prepared.record_path
+    if not cfg.force and records.is_done(cfg.results_dir, rid):
+        log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
+        return records.read_record(path)
     callbacks = []
     if cfg.role == "trial":
         from harness.study import trial_reporter

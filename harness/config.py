@@ -126,6 +126,27 @@ def validate_method(method: DictConfig) -> None:
             raise ConfigError(f"method.{unknown[0]}", f"is not a field of {cls.__name__}; allowed: {allowed}")
 
 
+def validate_schedule(method: DictConfig, budget: DictConfig) -> None:
+    """A method that schedules itself over the run's length (AdaLoRA's ``total_step``) needs a step count.
+
+    The harness sets ``total_step`` from the budget (its optimizer steps), so
+    the schedule ends where training does; a value in the YAML could only
+    disagree with the budget, and a budget bounded by tokens or seconds alone
+    has no length to schedule by.
+    """
+    cls = _import_target("method._target_", method.get("_target_"))
+    if "total_step" not in getattr(cls, "__dataclass_fields__", {}):
+        return
+    if method.get("total_step") is not None:
+        raise ConfigError("method.total_step", "is set from the budget (its optimizer steps); remove it")
+    if not budget.get("max_steps"):
+        raise ConfigError(
+            "budget.max_steps",
+            f"{method.get('name')} schedules its rank budget over the run's step count; this budget stops on "
+            "tokens or seconds only, so set budget.max_steps",
+        )
+
+
 def validate_model(model: DictConfig, method: DictConfig) -> None:
     _require_choice("model.dtype", model.get("dtype"), DTYPES)
     _require_choice("model.quantization", model.get("quantization"), QUANTIZATIONS)
@@ -200,6 +221,25 @@ def validate_objective(objective: DictConfig, task: DictConfig) -> None:
         raise ConfigError(
             "objective", f"{objective.name!r} does not train on {task.get('type')} tasks; it needs a task of type {' or '.join(types)}"
         )
+    override = objective.get("primary_metric")
+    if override is not None:
+        from harness.metrics import available_metrics
+
+        _require_choice("objective.primary_metric.name", override.get("name"), available_metrics())
+
+
+def primary_metric(cfg: DictConfig) -> dict[str, Any]:
+    """The metric a run is judged and tuned by: the task's, unless the objective names its own.
+
+    A reward model has no log-probabilities to score pairs by, so the reward
+    objective is judged by its reward accuracy; naming the metric for what it
+    is keeps two quantities out of one report column.
+    """
+    override = (cfg.get("objective") or {}).get("primary_metric")
+    if override is not None:
+        return {"name": override.name, "higher_is_better": bool(override.higher_is_better)}
+    primary = next(m for m in cfg.task.metrics if m.name == cfg.task.primary_metric)
+    return {"name": primary.name, "higher_is_better": bool(primary.higher_is_better)}
 
 
 def validate_train(train: DictConfig) -> None:
@@ -215,6 +255,7 @@ def validate(cfg: DictConfig) -> None:
     """Run every static check; raises ConfigError on the first problem."""
     validate_budget(cfg.budget)
     validate_method(cfg.method)
+    validate_schedule(cfg.method, cfg.budget)
     validate_model(cfg.model, cfg.method)
     validate_task(cfg.task)
     validate_objective(cfg.get("objective"), cfg.task)

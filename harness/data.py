@@ -73,9 +73,63 @@ def _load_files(task: DictConfig) -> DatasetDict:
         raise ConfigError("task.data_files", f"cannot read {files}: {message}") from None
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_path(path: str) -> Path:
+    """A user path: absolute as given, relative to the project root otherwise (never to the working directory,
+    which differs between a shell, a Hydra job and a SLURM worker)."""
+    expanded = Path(path).expanduser()
+    return expanded if expanded.is_absolute() else PROJECT_ROOT / expanded
+
+
+def local_folder(task: DictConfig) -> Path | None:
+    """The task's folder under ``data_root`` when that is set and the task has a local copy (``local.folder``)."""
+    local = task.get("local")
+    if local is None or not local.get("root") or not local.get("folder"):
+        return None
+    return project_path(local.root) / local.folder
+
+
+def _read_original_file(path: Path, local: DictConfig) -> datasets.Dataset:
+    """One file as its original distribution writes it: GLUE's TSVs are unquoted (sentences hold ``"``), CoLA's
+    have no header, MRPC's start with a byte-order mark; every field is text, none is read as missing."""
+    if path.suffix.lower() not in (".tsv", ".txt"):
+        builder, _ = _file_format(DictConfig({}), str(path))
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    names = list(local.column_names) if local.get("column_names") else None
+    frame = pd.read_csv(
+        path, sep="\t", quoting=3, header=0 if names is None else None, names=names, dtype=str,
+        keep_default_na=False, encoding="utf-8-sig",
+    )
+    renames = OmegaConf.to_container(local.columns) if local.get("columns") else {}
+    return datasets.Dataset.from_pandas(frame.rename(columns=renames), preserve_index=False)
+
+
+def _load_local_copy(task: DictConfig, folder: Path) -> DatasetDict:
+    """The task's files under ``data_root``, renamed to the Hub's columns, so the rest of the spec applies unchanged."""
+    if not folder.is_dir():
+        raise ConfigError("data_root", f"no folder {folder} for task {task.name} (its local copy); set data_root=null for the Hub")
+    local = task.local
+    files = OmegaConf.to_container(local.files) if local.get("files") else _data_dir_files(str(folder))
+    splits = {}
+    for split, name in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ConfigError("data_root", f"{path} not found (task.local.files.{split})")
+        try:
+            splits[split] = _read_original_file(path, local)
+        except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+            raise ConfigError("data_root", f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    return DatasetDict(splits)
+
+
 def _load_raw(task: DictConfig) -> DatasetDict:
     if task.get("data_files") or task.get("data_dir"):
         return _load_files(task)
+    folder = local_folder(task)
+    if folder is not None:
+        return _load_local_copy(task, folder)
     if task.get("generator"):
         return instantiate(task.generator)
     try:
@@ -83,7 +137,8 @@ def _load_raw(task: DictConfig) -> DatasetDict:
     except Exception as error:  # offline without a cached copy, unknown id, ...
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(
-            "task.hub_id", f"cannot load {task.hub_id!r} (offline? use task.data_dir=... for local files): {first}"
+            "task.hub_id",
+            f"cannot load {task.hub_id!r} (offline? use data_root=... or task.data_dir=... for local files): {first}",
         ) from None
 
 

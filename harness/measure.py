@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,9 @@ PACKAGES = (
     "bitsandbytes",
 )
 RSS_SAMPLE_INTERVAL_S = 0.02
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+RESET_PEAK_RSS = "5"  # proc(5): writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
 
 
 def parameter_count(parameter: torch.Tensor) -> int:
@@ -54,7 +59,11 @@ def parameter_count(parameter: torch.Tensor) -> int:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) logical parameters; shared tensors counted once."""
+    """(trainable, total) logical parameters of every tensor the model holds, each counted once.
+
+    This is PEFT's own count (``get_nb_trainable_parameters``), inactive copies
+    included; :func:`parameter_counts` is the one a record reports.
+    """
     seen, trainable, total = set(), 0, 0
     for parameter in model.parameters():
         if id(parameter) in seen:
@@ -66,14 +75,83 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by earlier work back to the OS before a baseline is taken.
+def _inactive_parameters(model: nn.Module) -> set[int]:
+    """Parameters the model holds but never computes with: the frozen original a PEFT
+    ``modules_to_save`` wrapper keeps beside the trained copy of a head."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    inactive: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper) and module.original_module is not None:
+            inactive |= {id(p) for p in module.original_module.parameters()}
+    return inactive
+
+
+def _is_head(name: str, head_modules: list[str]) -> bool:
+    return any(part in head_modules for part in name.split("."))
+
+
+def parameter_counts(model: nn.Module, head_modules: list[str], auxiliary: nn.Module | None = None) -> dict[str, Any]:
+    """What a record says about parameters, each figure one quantity.
+
+    * ``method``: trainable parameters the method adds or unfreezes, the task head excluded;
+    * ``head``: trainable parameters of the task head (a new classifier or reward head; 0 for a generator);
+    * ``auxiliary``: trainable parameters of a model trained beside the evaluated one (PPO's value model);
+    * ``trainable``: the three together: every parameter the optimizer updates;
+    * ``total``: every parameter of the evaluated model, each tensor once: the frozen original of a
+      head that PEFT copies (``modules_to_save``) is not computed with, so it is not counted.
+    """
+    inactive, seen = _inactive_parameters(model), set()
+    counts = {"method": 0, "head": 0, "auxiliary": 0, "total": 0}
+    for name, parameter in model.named_parameters():
+        if id(parameter) in seen or id(parameter) in inactive:
+            continue
+        seen.add(id(parameter))
+        count = parameter_count(parameter)
+        counts["total"] += count
+        if parameter.requires_grad:
+            counts["head" if _is_head(name, head_modules) else "method"] += count
+    if auxiliary is not None:
+        counts["auxiliary"] = sum(parameter_count(p) for p in set(auxiliary.parameters()) if p.requires_grad)
+    counts["trainable"] = counts["method"] + counts["head"] + counts["auxiliary"]
+    counts["method_percent"] = 100.0 * counts["method"] / counts["total"] if counts["total"] else None
+    return counts
+
+
+def tensor_bytes(*modules: nn.Module | None) -> int:
+    """Bytes held by the modules' parameters and buffers (packed 4-bit storage as stored), each storage once."""
+    seen, total = set(), 0
+    for module in modules:
+        if module is None:
+            continue
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "meta":
+                continue
+            key = (tensor.device.type, tensor.untyped_storage().data_ptr())
+            if key in seen:
+                continue
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def release_freed_memory(device: torch.device | None = None) -> None:
+    """Hand memory freed by earlier work back before a baseline is taken.
 
     glibc keeps freed heap pages resident, so in a multirun (several runs in
     one process) the RSS left behind by a previous, larger run would inflate
-    the next run's baseline and hide its peak. ``malloc_trim(0)`` returns them.
+    the next run's baseline and hide its peak. ``malloc_trim(0)`` returns them;
+    on CUDA the caching allocator's free blocks go back with ``empty_cache``.
     """
     gc.collect()
+    trim_heap()
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def trim_heap() -> None:
+    """``malloc_trim(0)``: free heap pages go back to the kernel, so resident memory is memory in use."""
     libc_name = ctypes.util.find_library("c")
     if libc_name and platform.system() == "Linux":
         libc = ctypes.CDLL(libc_name)
@@ -81,61 +159,197 @@ def release_freed_memory() -> None:
             libc.malloc_trim(0)
 
 
-class PeakMemory:
-    """Peak memory of a block of work, above the memory in use when it starts.
+class PeakProbe(ABC):
+    """One way of reading a device's memory: in use now, peak since the last reset."""
 
-    On CUDA it reads the allocator's peak statistics after resetting them; on
-    CPU it samples this process's resident set size every 20 ms in a thread,
-    because RSS has no peak counter that can be reset.
+    source = ""
+
+    @abstractmethod
+    def current(self) -> int:
+        """Bytes in use now."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Start a new peak from what is in use now."""
+
+    @abstractmethod
+    def peak(self) -> int:
+        """The largest number of bytes in use since the last reset."""
+
+    def close(self) -> None:  # noqa: B027 - only the sampling probe holds a resource
+        """Release what the probe holds."""
+
+
+class CudaAllocatorProbe(PeakProbe):
+    """The CUDA caching allocator's own counters: bytes of live tensors, and their peak."""
+
+    source = "cuda_max_memory_allocated"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reserved_peak = 0
+
+    def current(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def reset(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        torch.cuda.synchronize(self.device)
+        self.reserved_peak = max(self.reserved_peak, torch.cuda.max_memory_reserved(self.device))
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def _status_kib(field: str) -> int:
+    for line in PROC_STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in {PROC_STATUS}")
+
+
+class KernelHighWaterMarkProbe(PeakProbe):
+    """Linux's own peak of the process's resident set (``VmHWM``), reset through ``clear_refs``.
+
+    The kernel updates it on every page it maps, so no spike is missed, however short.
+    """
+
+    source = "linux_vmhwm"
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            _status_kib("VmHWM")
+            PROC_CLEAR_REFS.write_text(RESET_PEAK_RSS)
+        except OSError:
+            return False
+        return True
+
+    def current(self) -> int:
+        return _status_kib("VmRSS") * 1024
+
+    def reset(self) -> None:
+        PROC_CLEAR_REFS.write_text(RESET_PEAK_RSS)
+
+    def peak(self) -> int:
+        return _status_kib("VmHWM") * 1024
+
+
+class SampledRssProbe(PeakProbe):
+    """RSS sampled every 20 ms in a thread: the fallback where the kernel keeps no resettable peak.
+
+    A spike shorter than the interval can be missed; the record names this source.
+    """
+
+    source = "rss_sampled_20ms"
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self._peak = self.current()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
+            self._peak = max(self._peak, self.current())
+
+    def current(self) -> int:
+        return self.process.memory_info().rss
+
+    def reset(self) -> None:
+        self._peak = self.current()
+
+    def peak(self) -> int:
+        self._peak = max(self._peak, self.current())
+        return self._peak
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def peak_probe(device: torch.device) -> PeakProbe:
+    """The most exact probe the device and platform offer."""
+    if device.type == "cuda":
+        return CudaAllocatorProbe(device)
+    return KernelHighWaterMarkProbe() if KernelHighWaterMarkProbe.available() else SampledRssProbe()
+
+
+PHASES = ("train", "eval")
+
+
+class MemoryMeter:
+    """Peak memory of a run's training steps and of its evaluations, measured apart.
+
+    Periodic evaluation runs inside ``Trainer.train``; a pass over held-out
+    data (full-vocabulary logits, greedy generation) can need more memory than
+    a training step, so it must not set the training peak. The meter keeps one
+    window per phase: entering a phase folds the probe's peak into the phase
+    being left and resets the probe. Both phases are measured against the same
+    baseline: memory in use when training begins (model loaded, freed memory
+    handed back). Before a training window resumes, heap freed by evaluation
+    goes back to the kernel so that it is not counted as training memory.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.baseline_bytes = 0
-        self.peak_bytes = 0
-        self.reserved_peak_bytes: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.probe: PeakProbe | None = None
+        self.baseline_bytes: int | None = None
+        self.peak_bytes: dict[str, int | None] = dict.fromkeys(PHASES)
+        self.phase: str | None = None
 
     @property
-    def source(self) -> str:
-        return "cuda_max_memory_allocated" if self.device.type == "cuda" else "process_rss_sampled_20ms"
+    def source(self) -> str | None:
+        return self.probe.source if self.probe is not None else None
 
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
-        else:
-            release_freed_memory()
-            process = psutil.Process()
-            self.baseline_bytes = self.peak_bytes = process.memory_info().rss
-            self._thread = threading.Thread(target=self._sample, args=(process,), daemon=True)
-            self._thread.start()
-        return self
+    def start(self) -> None:
+        """Take the baseline and open the training window."""
+        release_freed_memory(self.device)
+        self.probe = peak_probe(self.device)
+        self.baseline_bytes = self.probe.current()
+        self.probe.reset()
+        self.phase = "train"
 
-    def _sample(self, process: psutil.Process) -> None:
-        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
-            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+    def enter(self, phase: str | None) -> None:
+        """Close the current window (its peak is kept) and open one for ``phase`` (None: count nothing)."""
+        if self.probe is None:
+            return
+        if self.phase is not None:
+            peak = self.probe.peak()
+            self.peak_bytes[self.phase] = max(self.peak_bytes[self.phase] or 0, peak)
+        if phase == "train" and self.device.type == "cpu":
+            trim_heap()
+        self.probe.reset()
+        self.phase = phase
 
-    def __exit__(self, *exc_info) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-            self.reserved_peak_bytes = torch.cuda.max_memory_reserved(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+    @contextmanager
+    def phase_of(self, phase: str):
+        """Count the block's memory to ``phase``, then go back to the phase before it."""
+        previous = self.phase
+        self.enter(phase)
+        try:
+            yield self
+        finally:
+            self.enter(previous)
+
+    def stop(self) -> None:
+        self.enter(None)
+        if self.probe is not None:
+            self.probe.close()
 
     def as_record(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "baseline_bytes": self.baseline_bytes,
-            "peak_bytes": self.peak_bytes,
-            "peak_above_baseline_bytes": max(0, self.peak_bytes - self.baseline_bytes),
-            "reserved_peak_bytes": self.reserved_peak_bytes,
-        }
+        """Absolute peaks and peaks above the baseline, per phase, in bytes."""
+        out: dict[str, Any] = {"source": self.source, "baseline_bytes": self.baseline_bytes}
+        for phase in PHASES:
+            peak = self.peak_bytes[phase]
+            out[f"{phase}_peak_bytes"] = peak
+            above = None if peak is None or self.baseline_bytes is None else max(0, peak - self.baseline_bytes)
+            out[f"{phase}_peak_above_baseline_bytes"] = above
+        out["cuda_reserved_peak_bytes"] = getattr(self.probe, "reserved_peak", None)
+        return out
 
 
 class Stopwatch:

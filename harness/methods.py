@@ -17,6 +17,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig
 from torch import nn
+from transformers import TrainerCallback
 
 from harness.config import ConfigError, method_kwargs
 
@@ -28,7 +29,7 @@ class MethodContext:
     head_modules: list[str]
     adapter_sites: dict[str, str] = field(default_factory=dict)
     peft_task_type: str = "SEQ_CLS"
-    total_steps: int | None = None
+    total_steps: int | None = None  # optimizer steps the budget allows (None: bounded by tokens or seconds only)
     quantized: bool = False
 
     def unfreeze_head(self, model: nn.Module) -> None:
@@ -67,12 +68,12 @@ class BitFit:
 def build_method(method: DictConfig, context: MethodContext) -> Any:
     """The method's config object (a PEFT config or a harness method).
 
-    A schedule-aware method (AdaLoRA's ``total_step``) gets the budget's step
-    count unless its YAML sets one.
+    A schedule-aware method (AdaLoRA's ``total_step``) gets the run's number
+    of optimizer steps (``config.validate_schedule`` has checked there is one).
     """
     cls = get_class(method._target_)
     kwargs = method_kwargs(method)
-    if "total_step" in getattr(cls, "__dataclass_fields__", {}) and kwargs.get("total_step") is None:
+    if "total_step" in getattr(cls, "__dataclass_fields__", {}):
         kwargs["total_step"] = context.total_steps
     try:
         return cls(**kwargs)
@@ -164,3 +165,67 @@ def apply_method(model: nn.Module, method_object: Any, context: MethodContext) -
     if config.is_prompt_learning:
         _expose_legacy_cache_kwarg(model)
     return get_peft_model(model, config)
+
+
+def adalora_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The AdaLoRA tuners inside a model (PPO holds two: policy and value model), by module path."""
+    from peft.tuners.adalora import AdaLoraModel
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, AdaLoraModel)]
+
+
+class RankAllocation(TrainerCallback):
+    """AdaLoRA's rank reallocation, run after every optimizer step (a Trainer callback).
+
+    PEFT leaves ``update_and_allocate`` to the training loop: it must run after
+    ``optimizer.step()`` and before gradients are zeroed (it scores each
+    singular triplet by weight × gradient), with the index of the optimizer
+    step. Without it AdaLoRA is LoRA at ``init_r`` plus an orthogonality
+    penalty. ``on_optimizer_step`` is the Trainer's hook at exactly that
+    point; PPO's own loop calls it too. The step is counted here, since a
+    budget step of PPO holds several optimizer steps.
+    """
+
+    def __init__(self):
+        self.optimizer_steps = 0
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        for _, tuner in adalora_models(model):
+            tuner.update_and_allocate(self.optimizer_steps)
+        self.optimizer_steps += 1
+        return control
+
+
+def method_callbacks(model: nn.Module) -> list[Any]:
+    """Trainer callbacks a method needs while training (AdaLoRA's rank allocation)."""
+    return [RankAllocation()] if adalora_models(model) else []
+
+
+def rank_allocation(model: nn.Module) -> dict[str, Any] | None:
+    """AdaLoRA's final rank per adapted module, from the trained singular values (a masked triplet is zero).
+
+    The record lists it with the schedule it followed, so a reader sees that
+    the budget was reallocated and where it went.
+    """
+    tuners = adalora_models(model)
+    if not tuners:
+        return None
+    ranks: dict[str, int] = {}
+    schedule: dict[str, Any] = {}
+    for path, tuner in tuners:
+        config = tuner.peft_config[tuner.trainable_adapter_name]
+        suffix = f".lora_E.{tuner.trainable_adapter_name}"
+        owner = path.removesuffix("base_model").rstrip(".")  # "" for a PEFT model, "policy"/"value" inside PPO's pair
+        for name, parameter in tuner.named_parameters():
+            if name.endswith(suffix):
+                module = ".".join(p for p in (owner, name[: -len(suffix)].removeprefix("model.")) if p)
+                ranks[module] = int((parameter.detach() != 0).sum())
+        schedule = {k: getattr(config, k) for k in ("init_r", "target_r", "tinit", "tfinal", "deltaT", "total_step")}
+    return {
+        **schedule,
+        "modules": len(ranks),
+        "initial_rank_budget": schedule["init_r"] * len(ranks),
+        "target_rank_budget": schedule["target_r"] * len(ranks),
+        "final_rank_budget": sum(ranks.values()),
+        "ranks": ranks,
+    }

@@ -2,8 +2,11 @@
 
 A record is written atomically (temporary file in the same folder, fsync,
 rename), so a killed run leaves either no record or a complete one. Its
-``run_id`` is a hash of the resolved config without output-only keys, so the
-same experiment always maps to the same file and a rerun can skip it.
+``run_id`` is a hash of the resolved config without output-only keys, plus
+what the config leaves open and the run settles: the device type, the
+precision ``auto`` resolved to, and the content hash of the data. The same
+experiment always maps to the same file and a rerun can skip it; a run on
+other hardware or other data is another experiment, with its own record.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-SCHEMA_VERSION = 1
+# 2: memory per phase (train/eval) with weights, params split into method/head/auxiliary, run identity.
+SCHEMA_VERSION = 2
 # Keys (dotted paths) that say where or how to run and write, not what the
 # experiment is. A search space is what the tuner may try, not what a run did.
 NON_IDENTITY_KEYS = (
     "results_dir",
+    "data_root",  # where the data was read from; the data's content hash is part of the identity instead
+    "task.local.root",
     "force",
     "keep_artifacts",
     "memory_limit_gb",
@@ -40,6 +46,7 @@ REQUIRED_FIELDS = (
     "error",
     "role",
     "tuning",
+    "identity",
     "model",
     "task",
     "method",
@@ -71,9 +78,14 @@ def identity_config(cfg: DictConfig) -> dict[str, Any]:
     return plain
 
 
-def run_id(cfg: DictConfig) -> str:
-    """Stable across processes and machines: sorted-key JSON of the identity config."""
-    canonical = json.dumps(identity_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+def run_id(cfg: DictConfig, settled: dict[str, Any]) -> str:
+    """Stable across processes and machines: sorted-key JSON of the identity config and of ``settled``
+    (device type, resolved precision, data fingerprint: see :func:`harness.run.settled_identity`).
+
+    Package versions stay out: an upgrade should not orphan finished runs. The
+    report keeps runs of different versions apart instead.
+    """
+    canonical = json.dumps({"config": identity_config(cfg), "settled": settled}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import budget as budget_stage
 from harness import data, measure, methods, models, records
-from harness.config import check_target_modules, validate
+from harness.config import check_target_modules, primary_metric, validate
 from harness.objectives.base import RunInputs
 
 TRACEBACK_TAIL_LINES = 30
@@ -51,6 +51,12 @@ class PreparedRun:
     method_object: Any
     context: methods.MethodContext
     objective: Any
+    device: torch.device
+    identity: dict[str, Any]  # what the config leaves open and this run settles (part of run_id)
+
+    @property
+    def precision(self) -> str:
+        return self.identity["precision"]
 
 
 def build_objective(cfg: DictConfig):
@@ -75,7 +81,7 @@ def prepare(cfg: DictConfig) -> PreparedRun:
         adapter_sites=OmegaConf.to_container(cfg.model.adapter_sites)
         if cfg.model.get("adapter_sites") is not None
         else {},
-        total_steps=budget_stage.trainer_max_steps(cfg.budget),
+        total_steps=objective.optimizer_steps(cfg.budget),
         quantized=models.quantization_of(cfg) is not None,
     )
     method_object = methods.build_method(cfg.method, context)
@@ -88,8 +94,23 @@ def prepare(cfg: DictConfig) -> PreparedRun:
         if isinstance(methods_target, set | frozenset):
             methods_target = sorted(methods_target)
         check_target_modules(names, methods_target, f"method.{key}")
-    rid = records.run_id(cfg)
-    return PreparedRun(cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context, objective)
+    device = _device()
+    identity = settled_identity(cfg, device, splits)
+    rid = records.run_id(cfg, identity)
+    return PreparedRun(
+        cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context, objective, device, identity
+    )
+
+
+def settled_identity(cfg: DictConfig, device: torch.device, splits: DatasetDict) -> dict[str, Any]:
+    """What makes two runs of one config different experiments: the device type, the precision ``auto``
+    resolves to there (bf16 on a CUDA device that has it, else fp32), and the data's content hash (a
+    generator, a Hub revision or a local file can change under the same config)."""
+    return {
+        "device_type": device.type,
+        "precision": _precision(cfg.train.precision, device),
+        "data_sha256": data.fingerprint(splits),
+    }
 
 
 def _device() -> torch.device:
@@ -122,7 +143,6 @@ def _strip_prefix(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 def _base_record(prepared: PreparedRun) -> dict[str, Any]:
     cfg = prepared.cfg
-    primary = next(m for m in cfg.task.metrics if m.name == cfg.task.primary_metric)
     return {
         "schema_version": records.SCHEMA_VERSION,
         "run_id": prepared.run_id,
@@ -137,15 +157,17 @@ def _base_record(prepared: PreparedRun) -> dict[str, Any]:
         "seed": cfg.seed,
         "role": cfg.get("role", "run"),
         "tuning": _tuning_fields(cfg),
+        "identity": prepared.identity,
         "metrics": {},
-        "primary_metric": {"name": primary.name, "higher_is_better": bool(primary.higher_is_better)},
+        "primary_metric": primary_metric(cfg),
         "params": {},
         "memory": {},
+        "rank_allocation": None,
         "time": {},
         "compute": {},
         "learning_curve": [],
         "training": {},
-        "data_sha256": data.fingerprint(prepared.splits),
+        "data_sha256": prepared.identity["data_sha256"],
         "config": records.identity_config(cfg),
         "environment": {},
     }
@@ -176,8 +198,7 @@ def error_kind(error: BaseException) -> str:
 
 
 def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path, callbacks: list[Any]) -> None:
-    cfg, device = prepared.cfg, _device()
-    precision = _precision(cfg.train.precision, device)
+    cfg, device, precision = prepared.cfg, prepared.device, prepared.precision
     record["environment"] = measure.environment(device)
     inputs = RunInputs(
         cfg, prepared.splits, prepared.method_object, prepared.context, record, work_dir, device, precision, callbacks
@@ -202,7 +223,15 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
             "validation": _strip_prefix(fitted.validation_metrics, "eval_"),
             "test": _strip_prefix(fitted.test_metrics, "test_"),
         },
-        memory={**fitted.memory.as_record(), "device": device.type, "quantization": models.quantization_of(cfg), **settings},
+        memory={
+            **fitted.memory.as_record(),
+            "device": device.type,
+            "gpu": record["environment"]["gpu"],
+            "weights_bytes": measure.tensor_bytes(trainer.model),
+            "frozen_models_bytes": measure.tensor_bytes(*fitted.frozen_models),
+            "quantization": models.quantization_of(cfg),
+            **settings,
+        },
         time={
             "train_seconds": spent["seconds"],
             "eval_seconds": fitted.eval_clock.seconds + spent["eval_seconds_during_training"],
@@ -211,6 +240,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         },
         compute=spent,
         learning_curve=fitted.budget.learning_curve,
+        rank_allocation=methods.rank_allocation(trainer.model),
         trained_bytes=_save_trained(trainer.model, artifact_dir),
         artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
         training={

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from harness import records
-from harness.config import ConfigError
+from harness.config import ConfigError, primary_metric
 
 JOURNAL_PREFIX = "journal:"
 STORAGE_FORMS = "an RDB URL (sqlite:///path.db, postgresql://...) or journal:<path> for a journal file"
@@ -71,9 +71,8 @@ def instantiate_component(spec: Any, key: str, **extra: Any):
         raise ConfigError(key, str(error).splitlines()[0]) from None
 
 
-def direction(task: DictConfig) -> str:
-    primary = next(m for m in task.metrics if m.name == task.primary_metric)
-    return "maximize" if primary.higher_is_better else "minimize"
+def direction(cfg: DictConfig) -> str:
+    return "maximize" if primary_metric(cfg)["higher_is_better"] else "minimize"
 
 
 GROUP_AXES = ("model", "task", "method", "budget")
@@ -143,7 +142,7 @@ def trial_reporter(cfg: DictConfig) -> TrialReporter:
     tuning = cfg.tuning
     pruner = instantiate_component(tuning.get("pruner"), "hydra.sweeper.pruner")
     study = optuna.load_study(study_name=tuning.study, storage=open_storage(tuning.storage), pruner=pruner)
-    return TrialReporter(optuna.trial.Trial(study, int(tuning.trial_id)), cfg.task.primary_metric)
+    return TrialReporter(optuna.trial.Trial(study, int(tuning.trial_id)), primary_metric(cfg)["name"])
 
 
 def tuning_cost(trial_records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,14 +157,20 @@ def tuning_cost(trial_records: list[dict[str, Any]]) -> dict[str, Any]:
         "eval_seconds": total("time", "eval_seconds"),
         "train_tokens": int(total("compute", "train_tokens")),
         "steps": int(total("compute", "steps")),
-        "peak_memory_above_baseline_bytes_max": max(
-            ((r.get("memory") or {}).get("peak_above_baseline_bytes") or 0 for r in trial_records), default=0
+        "train_peak_memory_bytes_max": max(
+            ((r.get("memory") or {}).get("train_peak_bytes") or 0 for r in trial_records), default=0
         ),
     }
 
 
-def cell_summary(study, cell: dict[str, Any], space: dict[str, Any], finals: list[dict[str, Any]], results_dir) -> dict:
-    """What a cell's tuning did and cost, from the study and the trials' records (a pure function of both)."""
+def cell_summary(
+    study, cell: dict[str, Any], space: dict[str, Any], finals: list[dict[str, Any]], results_dir, seeds: dict[str, Any]
+) -> dict:
+    """What a cell's tuning did and cost, from the study and the trials' records (a pure function of both).
+
+    ``seeds`` says which seed the trials ran on and which seeds the finals were
+    scored on, so a reader can check that no reported score took part in the selection.
+    """
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -182,6 +187,7 @@ def cell_summary(study, cell: dict[str, Any], space: dict[str, Any], finals: lis
         "cell": cell,
         "direction": study.direction.name.lower(),
         "search": space,
+        **seeds,
         "trials": len(trials),
         "states": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
         "pruned_trials": [t.number for t in trials if t.state == TrialState.PRUNED],

@@ -50,6 +50,17 @@ def make_cfg(tmp_path):
     return make
 
 
+# What a run settles beyond its config (harness.run.settled_identity), fixed for tests of the config's part.
+SETTLED = {"device_type": "cpu", "precision": "fp32", "data_sha256": {"train": "t", "validation": "v", "test": "x"}}
+
+
+def run_id_of(cfg) -> str:
+    """The run_id a run of cfg gets here, as harness-run computes it (its data loaded, its device known)."""
+    from harness.run import prepare
+
+    return prepare(cfg).run_id
+
+
 def method_names() -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import TINY
+from conftest import TINY, run_id_of
 from omegaconf import OmegaConf
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
@@ -68,7 +68,7 @@ def test_diverging_run_is_recorded_as_failed(make_cfg):
     )
     with pytest.raises(SystemExit):
         run_one(cfg)
-    failed = records.read_record(records.record_path(cfg.results_dir, records.run_id(cfg)))
+    failed = records.read_record(records.record_path(cfg.results_dir, run_id_of(cfg)))
     assert failed["status"] == "failed" and "NonFiniteLossError" in failed["error"]
 
 

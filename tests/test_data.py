@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 from conftest import SHARED_DATA
 
+from harness import data
 from harness.config import ConfigError
 from harness.data import load_task, tokenize
 from harness.models import load_tokenizer
@@ -162,3 +163,31 @@ def test_fingerprint_changes_with_content_not_with_reloading(make_cfg):
     )
     changed = fingerprint(load_task(noisier.task))
     assert changed["train"] != same[0]["train"]
+
+
+# Rows of the original GLUE distribution (download_glue_data.py): train, dev. MRPC's train file holds 3,667 of the
+# 3,668 pairs GLUE lists (see ../shared/data/README.md); the others are the official counts.
+GLUE_ROWS = {"sst2": (67_349, 872), "mrpc": (3_667, 408), "rte": (2_490, 277), "cola": (8_551, 1_043)}
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_ROWS))
+def test_glue_tasks_read_the_original_tsvs_with_their_official_row_counts(make_cfg, monkeypatch, tmp_path, task):
+    """Unquoted TSVs (sentences hold quotes), CoLA without a header, MRPC with its own column names and a BOM."""
+    if not (SHARED_DATA / task).is_dir():
+        pytest.skip(f"no {task} folder in {SHARED_DATA}")
+    monkeypatch.chdir(tmp_path)  # a relative data_root is the project's, not the working directory's
+    cfg = make_cfg(f"task={task}", "data_root=../shared/data")
+    raw = data._load_raw(cfg.task)
+    assert (len(raw["train"]), len(raw["validation"])) == GLUE_ROWS[task]
+    splits = load_task(cfg.task)
+    train, dev = GLUE_ROWS[task]
+    assert len(splits["test"]) == dev and len(splits["train"]) + len(splits["validation"]) == train
+    assert set(splits["test"]["label"]) == {0, 1}
+    assert all(text.strip() for text in splits["train"]["text"][:200])
+    if task in ("mrpc", "rte"):
+        assert all(pair.strip() for pair in splits["test"]["text_pair"])
+
+
+def test_a_data_root_without_the_tasks_folder_is_a_one_line_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=rf"^data_root: no folder {tmp_path}/sst2 for task sst2"):
+        load_task(make_cfg("task=sst2", f"data_root={tmp_path}").task)

@@ -110,3 +110,32 @@ def test_8bit_base_with_lora_trains(make_cfg):
     assert record["status"] == "success" and record["memory"]["quantization"] == "8bit"
     model = _wrapped(make_cfg(*TINY, "method=lora", "model.quantization=8bit"))
     assert any(p.__class__.__name__ == "Int8Params" for p in model.parameters())
+
+
+def test_adalora_reallocates_its_rank_budget_and_the_record_lists_it(make_cfg):
+    """PEFT's update_and_allocate after every optimizer step moves rank between modules (init_r 12 -> target_r 8
+    on average); without it every module would keep all 12 ranks."""
+    record = run_one(make_cfg(*TINY, "method=adalora", "budget.max_steps=6"))
+    allocation = record["rank_allocation"]
+    assert (allocation["init_r"], allocation["target_r"], allocation["total_step"]) == (12, 8, 6)
+    ranks = allocation["ranks"]
+    assert sorted(ranks) == [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
+    assert all(rank != 12 for rank in ranks.values()) and len(set(ranks.values())) > 1
+    assert allocation["final_rank_budget"] == sum(ranks.values()) == allocation["target_rank_budget"] == 4 * 8
+    assert allocation["initial_rank_budget"] == 4 * 12
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["budget.max_steps=null", "budget.max_time_s=60"], "budget.max_steps: adalora schedules its rank budget"),
+        (["budget.max_steps=null", "budget.max_train_tokens=5000"], "budget.max_steps: adalora schedules its rank budget"),
+        (["+method.total_step=10"], "method.total_step: is set from the budget (its optimizer steps); remove it"),
+    ],
+)
+def test_adalora_without_a_step_count_to_schedule_by_is_refused(make_cfg, overrides, message):
+    from harness.config import ConfigError, validate
+
+    with pytest.raises(ConfigError) as error:
+        validate(make_cfg(*TINY, "method=adalora", *overrides))
+    assert str(error.value).startswith(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import compose_config, run_cli_with
@@ -52,10 +53,14 @@ def test_each_objective_and_method_writes_a_success_record(preference_runs, obje
     results, runs = preference_runs
     record = _successful(runs, objective, method)
     assert record["compute"]["steps"] == 2 and record["compute"]["train_tokens"] > 0
-    assert record["primary_metric"]["name"] == "preference_accuracy"
+    # a reward model is judged by its reward, a policy by its mean log-probability per token: each named for it
+    primary = "reward_accuracy" if objective == "reward" else "mean_token_logprob_accuracy"
+    assert record["primary_metric"]["name"] == primary
     for split in ("validation", "test"):
-        assert 0.0 <= record["metrics"][split]["preference_accuracy"] <= 1.0
-    assert [p["step"] for p in record["learning_curve"] if "eval_preference_accuracy" in p] == [0, 2]
+        assert 0.0 <= record["metrics"][split][primary] <= 1.0
+        assert ("mean_token_logprob_accuracy" in record["metrics"][split]) == (objective != "reward")
+        assert ("implicit_reward_accuracy" in record["metrics"][split]) == (objective == "dpo")
+    assert [p["step"] for p in record["learning_curve"] if f"eval_{primary}" in p] == [0, 2]
     if objective == "reward":  # a scorer: no generations
         assert "exact_match" not in record["metrics"]["validation"] and record["samples_file"] is None
     else:
@@ -68,9 +73,22 @@ def test_each_objective_and_method_writes_a_success_record(preference_runs, obje
         assert "rewards/accuracies" in record["metrics"]["validation"]
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_dpo_implicit_reward_is_trls_own_and_starts_at_chance(preference_runs, method):
+    """Our implicit reward, β·(log π − log π_ref) of chosen vs rejected, is what DPOTrainer logs as rewards/margins;
+    before training the policy is its reference, so every pair ties (a tie counts one half)."""
+    _, runs = preference_runs
+    record = _successful(runs, "dpo", method)
+    validation = record["metrics"]["validation"]
+    assert validation["implicit_reward_margin"] == pytest.approx(validation["rewards/margins"], rel=0.02, abs=1e-6)
+    start = record["learning_curve"][0]
+    assert start["step"] == 0
+    assert start["eval_implicit_reward_margin"] == 0.0 and start["eval_implicit_reward_accuracy"] == 0.5
+
+
 def test_lora_trains_a_sliver_and_objectives_share_the_data_order(preference_runs):
     _, runs = preference_runs
-    assert runs[("dpo", "lora")]["params"]["trainable"] < runs[("dpo", "full")]["params"]["trainable"] / 100
+    assert runs[("dpo", "lora")]["params"]["method"] < runs[("dpo", "full")]["params"]["method"] / 100
     assert runs[("dpo", "lora")]["compute"]["data_order_sha256"] == runs[("reward", "lora")]["compute"]["data_order_sha256"]
 
 
@@ -110,8 +128,10 @@ def test_online_rl_objectives_write_records_with_their_rollout_cost(online_runs,
     if objective == "ppo":
         assert compute["ppo_updates"] == 2 * 2 * 2  # steps × ppo_epochs × num_minibatches
         assert {"score", "kl", "loss"} <= set(next(p for p in record["learning_curve"] if "loss" in p))
-        # the value model trains with the policy: its head is counted
-        assert record["params"]["total"] > runs[("rloo", method)]["params"]["total"]
+        # the value model trains beside the policy: counted as auxiliary, not as the method's or the model's
+        params, policy_only = record["params"], runs[("rloo", method)]["params"]
+        assert params["method"] == policy_only["method"] and params["total"] == policy_only["total"]
+        assert params["auxiliary"] > 0 and params["trainable"] == params["method"] + params["auxiliary"]
 
 
 def test_ppo_with_the_reward_model_of_a_reward_run(tmp_path):
@@ -124,7 +144,20 @@ def test_ppo_with_the_reward_model_of_a_reward_run(tmp_path):
     record = next(r for r in records.load_records(tmp_path) if r["objective"] == "ppo")
     assert record["status"] == "success", record.get("error")
     assert record["compute"]["reward_model_forward_passes"] == 2 * 4
+    assert record["memory"]["frozen_models_bytes"] > 0  # the reward model is held beside the policy
 
+    # A checkpoint that is not the model its record describes is refused before anything loads.
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = Path(reward_record["artifact_dir"]) / "adapter_model.safetensors"
+    state = load_file(str(checkpoint))
+    dropped = sorted(state)[0]
+    save_file({**{k: v for k, v in state.items() if k != dropped}, "stray.weight": state[dropped]}, str(checkpoint))
+    cfg = compose_config([*TINY_LM, "task=arithmetic_pref", "objective=ppo", "method=lora", "objective.reward=model",
+                          f"objective.reward_run={reward_record['run_id']}", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^objective.reward_run: .*adapter_model.safetensors does not match the reward "
+                                          r"model its record describes: 1 tensors missing .*, 1 unexpected \['stray.weight'\]$"):
+        build_objective(cfg)
 
 @pytest.mark.parametrize("objective", ["ppo", "rloo", "grpo"])
 def test_online_rl_refuses_a_missing_reward_run_before_loading_anything(tmp_path, objective):
@@ -177,7 +210,7 @@ def test_dpo_and_ppo_on_the_embedded_smollm2_write_generation_metrics(tmp_path):
     for objective in ("dpo", "ppo"):
         assert runs[objective]["status"] == "success", runs[objective].get("error")
         for split in ("validation", "test"):
-            assert {"preference_accuracy", "exact_match"} <= set(runs[objective]["metrics"][split])
+            assert {"mean_token_logprob_accuracy", "exact_match"} <= set(runs[objective]["metrics"][split])
     assert runs["ppo"]["compute"]["rollout_tokens"] > 0 and runs["ppo"]["compute"]["reward_evaluations"] == 3 * 4
 
 
@@ -187,6 +220,7 @@ def test_dpo_and_ppo_on_the_embedded_smollm2_write_generation_metrics(tmp_path):
         ("sft", "ln_tuning", 2 * 2 * 64 + 64),  # BERT's LayerNorm pattern would match no Llama norm
         ("dpo", "adalora", None),  # AdaLoRA takes one adapter: TRL's "ref" copy would be refused
         ("ppo", "adapter_houlsby", None),  # the value model needs the model's adapter sites too
+        ("ppo", "adalora", None),  # two AdaLoRA tuners (policy, value), several optimizer steps per PPO step
     ],
 )
 def test_methods_with_their_own_constraints_train_a_decoder(make_cfg, objective, method, trainable):
@@ -194,9 +228,16 @@ def test_methods_with_their_own_constraints_train_a_decoder(make_cfg, objective,
 
     record = run_one(make_cfg(*TINY_LM, "task=arithmetic_pref", f"objective={objective}", f"method={method}"))
     assert record["status"] == "success", record.get("error")
-    assert record["params"]["trainable"] > 0
+    assert record["params"]["method"] > 0 and record["params"]["head"] == 0  # a generator has no task head
     if trainable is not None:
-        assert record["params"]["trainable"] == trainable
+        assert record["params"]["method"] == trainable
+    if method == "adalora":  # scheduled over the run's optimizer steps, and reallocated
+        allocation = record["rank_allocation"]
+        updates = 2 * (2 * 2 if objective == "ppo" else 1)  # PPO: ppo_epochs x num_minibatches per step
+        assert allocation["total_step"] == updates
+        assert allocation["final_rank_budget"] < allocation["initial_rank_budget"]
+        owners = {name.split(".")[0] for name in allocation["ranks"]}
+        assert owners == ({"policy", "value"} if objective == "ppo" else {"model"})
 
 
 @pytest.mark.slow  # about 40 s

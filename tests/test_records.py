@@ -5,18 +5,49 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY
+from conftest import SETTLED, TINY, run_id_of
 
 from harness import records, run
 from harness.cli import run_one
 
 
 def test_run_id_ignores_output_paths_but_not_the_experiment(make_cfg, tmp_path):
-    base = records.run_id(make_cfg(*TINY))
-    assert records.run_id(make_cfg(*TINY, f"results_dir={tmp_path / 'elsewhere'}", "force=true")) == base
-    assert records.run_id(make_cfg(*TINY, "seed=1")) != base
-    assert records.run_id(make_cfg(*TINY, "method.r=4")) != base
-    assert records.run_id(make_cfg(*TINY, "budget.max_steps=3")) != base
+    base = records.run_id(make_cfg(*TINY), SETTLED)
+    moved = make_cfg(*TINY, f"results_dir={tmp_path / 'elsewhere'}", "force=true", "data_root=/elsewhere")
+    assert records.run_id(moved, SETTLED) == base
+    assert records.run_id(make_cfg(*TINY, "seed=1"), SETTLED) != base
+    assert records.run_id(make_cfg(*TINY, "method.r=4"), SETTLED) != base
+    assert records.run_id(make_cfg(*TINY, "budget.max_steps=3"), SETTLED) != base
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("device_type", "cuda"), ("precision", "bf16"), ("data_sha256", {"train": "other", "validation": "v", "test": "x"})],
+)
+def test_what_a_run_settles_is_part_of_its_identity(make_cfg, key, value):
+    """precision=auto is bf16 on a GPU and fp32 here; a generator or file can change under one config."""
+    cfg = make_cfg(*TINY)
+    assert records.run_id(cfg, {**SETTLED, key: value}) != records.run_id(cfg, SETTLED)
+
+
+def test_changed_data_under_the_same_config_is_a_new_run_not_a_skip(make_cfg, monkeypatch):
+    from harness import data
+
+    cfg = make_cfg(*TINY)
+    first = run_one(cfg)
+    assert run_one(cfg)["finished_at"] == first["finished_at"]  # same data: skipped
+    original = data.load_task
+
+    def edited(task):
+        splits = original(task)
+        splits["train"] = splits["train"].map(lambda row, i: {"label": 1 - row["label"]} if i == 0 else {}, with_indices=True)
+        return splits
+
+    monkeypatch.setattr(data, "load_task", edited)
+    second = run_one(cfg)
+    assert second["run_id"] != first["run_id"] and second["data_sha256"]["train"] != first["data_sha256"]["train"]
+    assert second["identity"]["data_sha256"] == second["data_sha256"]
+    assert second["identity"]["device_type"] == "cpu" and second["identity"]["precision"] == "fp32"
 
 
 def test_record_schema(make_cfg):
@@ -32,9 +63,14 @@ def test_record_schema(make_cfg):
     )
     assert record["primary_metric"]["name"] == "accuracy" and record["primary_metric"]["higher_is_better"] is True
     assert set(record["metrics"]) == {"validation", "test"}
-    assert record["memory"]["source"] == "process_rss_sampled_20ms"
-    assert record["memory"]["peak_bytes"] >= record["memory"]["baseline_bytes"] > 0
-    assert {"optimizer", "precision"} <= set(record["memory"])
+    memory = record["memory"]
+    assert memory["source"] == "linux_vmhwm" and memory["device"] == "cpu" and memory["gpu"] is None
+    for phase in ("train", "eval"):
+        assert memory[f"{phase}_peak_bytes"] >= memory["baseline_bytes"] > memory["weights_bytes"] > 0
+        above = memory[f"{phase}_peak_bytes"] - memory["baseline_bytes"]
+        assert memory[f"{phase}_peak_above_baseline_bytes"] == above
+    assert {"optimizer", "precision"} <= set(memory)
+    assert record["rank_allocation"] is None
     assert record["time"]["train_seconds"] > 0 and record["time"]["eval_seconds"] > 0
     assert record["time"]["train_tokens_per_second"] > 0
     assert len(record["compute"]["data_order_sha256"]) == 64
@@ -65,7 +101,7 @@ def test_failure_is_recorded_with_traceback_then_retried(make_cfg, monkeypatch):
     with pytest.raises(SystemExit) as exited:
         run_one(cfg)
     assert exited.value.code == 1
-    failed = records.read_record(records.record_path(cfg.results_dir, records.run_id(cfg)))
+    failed = records.read_record(records.record_path(cfg.results_dir, run_id_of(cfg)))
     assert failed["status"] == "failed"
     assert failed["error"] == "RuntimeError: simulated crash in training"
     assert any("simulated crash" in line for line in failed["traceback"])

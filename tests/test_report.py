@@ -25,6 +25,8 @@ ACCURACY = {
 }
 TRAINABLE = {"full": 22_000_000, "lora": 40_000, "ia3": 17_000, "prompt": 20_000}
 MEMORY_MIB = {"full": 900.0, "lora": 600.0, "ia3": 620.0, "prompt": 500.0}
+HEAD = 770
+PACKAGES = {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "trl": "1.16.0"}
 
 
 def synthetic_record(method: str, seed: int, test: float | None, *, task="toy_sentiment", budget="tiny", role="run",
@@ -34,24 +36,32 @@ def synthetic_record(method: str, seed: int, test: float | None, *, task="toy_se
     for dotted, value in (config_extra or {}).items():
         config["method"][dotted] = value
     record = {
-        "schema_version": 1, "status": status, "error": None, "role": role, "tuning": tuning or {},
+        "schema_version": 2, "status": status, "error": None, "role": role, "tuning": tuning or {},
         "model": "minilm", "task": task, "method": method, "budget": budget, "objective": "cls", "seed": seed,
         "metrics": {}, "primary_metric": {"name": "accuracy" if higher_is_better else "loss",
                                           "higher_is_better": higher_is_better,
                                           "validation": None if test is None else test + 0.01, "test": test},
-        "params": {"trainable": TRAINABLE[method], "total": 22_700_000,
-                   "trainable_percent": 100 * TRAINABLE[method] / 22_700_000},
-        "memory": {"source": "process_rss_sampled_20ms", "device": "cpu", "peak_bytes": 2**30,
-                   "peak_above_baseline_bytes": MEMORY_MIB[method] * 2**20},
+        "params": {"method": TRAINABLE[method], "head": HEAD, "auxiliary": 0, "trainable": TRAINABLE[method] + HEAD,
+                   "total": 22_700_000, "method_percent": 100 * TRAINABLE[method] / 22_700_000},
+        "memory": {"source": "linux_vmhwm", "device": "cpu", "gpu": None, "baseline_bytes": 2**30,
+                   "weights_bytes": 87 * 2**20, "train_peak_bytes": 2**30 + MEMORY_MIB[method] * 2**20,
+                   "train_peak_above_baseline_bytes": MEMORY_MIB[method] * 2**20,
+                   "eval_peak_bytes": 2**30 + 100 * 2**20, "eval_peak_above_baseline_bytes": 100 * 2**20},
         "time": {"train_seconds": 100.0, "eval_seconds": 5.0, "train_tokens_per_second": 1000.0},
         "compute": {"train_tokens": 100_000 if budget == "tiny" else 400_000, "steps": 150},
         "learning_curve": [{"step": 0, "eval_accuracy": 0.5}, {"step": 50, "loss": 0.6},
                            {"step": 50, "eval_accuracy": 0.8}],
         "training": {}, "trained_bytes": 1000, "config": config,
-        "environment": {"cpu": "Test CPU", "cpu_count": 2, "packages": {"torch": "2.13.0"}, "git_revision": "abc1234"},
+        "environment": {"cpu": "Test CPU", "cpu_count": 2, "device": "cpu", "gpu": None, "packages": dict(PACKAGES),
+                        "git_revision": "abc1234"},
     }
     record.update(fields)
-    record["run_id"] = records.run_id(_as_cfg(record))
+    return with_run_id(record)
+
+
+def with_run_id(record: dict) -> dict:
+    settled = {"device": record["memory"]["device"], "packages": record["environment"]["packages"]}
+    record["run_id"] = records.run_id(_as_cfg(record), settled)
     return record
 
 
@@ -139,7 +149,8 @@ def test_summary_numbers_match_hand_computation(cells):
     assert ia3["delta"] == pytest.approx(((0.80 - 0.90) + (0.86 - 0.92) + (0.83 - 0.94)) / 3)
     assert ia3["p_ttest"] == pytest.approx(scipy_stats.ttest_rel(ACCURACY["ia3"], ACCURACY["full"]).pvalue)
     assert cells.loc["full", "is_reference"] and math.isnan(cells.loc["full", "delta"])
-    assert cells.loc["lora", "trainable_pct"] == pytest.approx(100 * 40_000 / 22_700_000)
+    assert cells.loc["lora", "method_pct"] == pytest.approx(100 * 40_000 / 22_700_000)
+    assert cells.loc["lora", "trainable"] == 40_000 + HEAD
 
 
 def test_pareto_membership_in_the_summary(cells):
@@ -153,8 +164,8 @@ def test_best_value_per_column_is_bold(cells):
     (display,) = render.display_tables(cells.reset_index(), "full")
     bold = display.bold.set_index(display.cells["Method"])
     assert bold.loc["full", "accuracy (test)"] and bold["accuracy (test)"].sum() == 1
-    assert bold.loc["ia3", "Trainable"] and bold["Trainable"].sum() == 1
-    assert bold.loc["prompt", "Peak mem (MiB)"] and bold["Peak mem (MiB)"].sum() == 1
+    assert bold.loc["ia3", "Method params"] and bold["Method params"].sum() == 1
+    assert bold.loc["prompt", "Train peak RSS (MiB)"] and bold["Train peak RSS (MiB)"].sum() == 1
     assert bold["Train (s)"].all()  # every method took 100.0 s: all tied, all bold
     row = display.cells.set_index("Method").loc["ia3"]
     assert row["accuracy (test)"] == "0.830 ± 0.030"
@@ -342,7 +353,7 @@ def test_without_the_reference_method_there_is_no_comparison_column(tmp_path):
     write_records(results, standard_records({"lora": None, "ia3": None}))
     assert cli.main([str(results), "--formats", "md"]) == 0
     markdown = (results / "report" / "report.md").read_text()
-    assert "Δ vs" not in markdown and "No full runs in this task" in markdown
+    assert "Δ vs" not in markdown and "No full runs in this table" in markdown
     assert cli.main([str(results), "--formats", "md", "--reference", "lora"]) == 0
     assert "| ia3 | 0.830 ± 0.030 | 3 | [0.755, 0.905] |" in (results / "report" / "report.md").read_text()
     assert "Δ vs lora" in (results / "report" / "report.md").read_text()
@@ -368,11 +379,129 @@ def test_several_objectives_on_one_task_are_labelled_and_compared_within_their_o
             for seed, accuracy in enumerate(ACCURACY[method]):
                 record = synthetic_record(method, seed, accuracy + shift, objective=objective)
                 record["config"]["objective"] = {"name": objective}
-                record["run_id"] = records.run_id(_as_cfg(record))
-                recs.append(record)
+                recs.append(with_run_id(record))
     frame = table.records_frame(recs)
     assert sorted(set(frame["label"])) == ["dpo+full", "dpo+lora", "sft+full", "sft+lora"]
     cells = summary.summarize(summary.quality_rows(frame, {}), "full").set_index("label")
     # each lora is compared with the full run of its own objective: the same shift cancels
     assert cells.loc["dpo+lora", "delta"] == pytest.approx(cells.loc["sft+lora", "delta"])
     assert cells.loc["dpo+lora", "delta"] == pytest.approx(sum(ACCURACY["lora"]) / 3 - sum(ACCURACY["full"]) / 3)
+
+
+# --- what a number may be compared with: statistics edge cases, settings, seeds -------------------------------
+
+
+def test_zero_differences_do_not_count_toward_the_wilcoxon_pairs():
+    """Seven pairs, two of them ties: scipy drops the ties, so five non-zero differences remain, too few."""
+    reference = {s: 0.80 for s in range(7)}
+    method = {0: 0.80, 1: 0.80, 2: 0.81, 3: 0.83, 4: 0.82, 5: 0.84, 6: 0.85}
+    assert math.isnan(stats.compare_paired(method, reference).p_wilcoxon)
+    method[1] = 0.86  # six non-zero differences: reported, and equal to scipy's
+    result = stats.compare_paired(method, reference)
+    assert result.p_wilcoxon == pytest.approx(scipy_stats.wilcoxon(list(method.values()), list(reference.values())).pvalue)
+
+
+def test_a_nan_seed_is_left_out_of_the_pairs_and_named_in_a_note():
+    result = stats.compare_paired({0: 0.9, 1: float("nan"), 2: 0.8}, {0: 0.85, 1: 0.9, 2: 0.8})
+    assert result.n_pairs == 2 and result.delta == pytest.approx(0.025)
+    recs = standard_records({"full": None, "lora": None})
+    recs[4]["primary_metric"]["test"] = float("nan")  # lora, seed 1
+    cells = summary.summarize(summary.quality_rows(table.records_frame(recs), {}), "full")
+    lora = cells.set_index("method").loc["lora"]
+    assert lora["n"] == 2 and lora["mean"] == pytest.approx((0.88 + 0.91) / 2)
+    assert lora["delta"] == pytest.approx(((0.88 - 0.90) + (0.91 - 0.94)) / 2)
+    (display,) = render.display_tables(cells, "full")
+    assert "lora: left out seed 1 (no finite test score)." in display.notes
+
+
+def test_one_table_never_mixes_test_and_validation_scores():
+    recs = standard_records({"full": None, "lora": None})
+    recs[3]["primary_metric"]["test"] = None  # lora seed 0 was scored on validation only
+    chosen = summary.quality_rows(table.records_frame(recs), {})
+    assert set(chosen["split"]) == {"test"}
+    cells = summary.summarize(chosen, "full").set_index("method")
+    assert cells.loc["lora", "n"] == 2 and cells.loc["lora", "mean"] == pytest.approx(0.91)
+    assert cells.loc["lora", "left_out"] == "seed 0 (no finite test score)"
+
+
+def _on_gpu(record: dict, gpu: str = "NVIDIA H200") -> dict:
+    record = {**record, "memory": {**record["memory"], "device": "cuda", "gpu": gpu, "source": "cuda_max_memory_allocated",
+                                   "train_peak_bytes": 3 * 2**30}}
+    record["environment"] = {**record["environment"], "device": "cuda", "gpu": gpu}
+    record["time"] = {**record["time"], "train_seconds": 5.0}
+    return with_run_id(record)
+
+
+def test_cpu_and_gpu_runs_are_never_averaged_ranked_or_put_on_one_front(tmp_path, capsys):
+    cpu = standard_records({"full": None, "lora": None})
+    gpu = [_on_gpu(r) for r in standard_records({"full": None, "lora": None})]
+    for record in gpu:
+        record["primary_metric"]["test"] -= 0.5  # a GPU run scoring far lower must not move the CPU figures
+    cells = summary.summarize(summary.quality_rows(table.records_frame([*cpu, *gpu]), {}), "full")
+    assert sorted(cells["hardware"]) == ["CPU", "CPU", "GPU (NVIDIA H200)", "GPU (NVIDIA H200)"]
+    by = cells.set_index(["hardware", "method"])
+    assert by.loc[("CPU", "lora"), "mean"] == pytest.approx(sum(ACCURACY["lora"]) / 3) and by.loc[("CPU", "lora"), "n"] == 3
+    assert by.loc[("GPU (NVIDIA H200)", "lora"), "delta"] == pytest.approx(by.loc[("CPU", "lora"), "delta"])
+    tables = render.display_tables(cells, "full")
+    assert [t.title for t in tables] == ["toy_sentiment · CPU", "toy_sentiment · GPU (NVIDIA H200)"]
+    assert "Train peak RSS (MiB)" in tables[0].cells.columns and "Train peak CUDA (MiB)" in tables[1].cells.columns
+    assert "CUDA allocator" in " ".join(tables[1].notes) and "VmHWM" in " ".join(tables[0].notes)
+    results = tmp_path / "results"
+    write_records(results, [*cpu, *gpu])
+    assert cli.main([str(results), "--formats", "md"]) == 0
+    assert "warning: toy_sentiment: runs from 2 devices (CPU | GPU (NVIDIA H200))" in capsys.readouterr().err
+
+
+def test_runs_of_different_library_versions_are_kept_apart_with_a_warning(tmp_path, capsys):
+    old = standard_records({"full": None, "lora": None})
+    new = []
+    for record in standard_records({"full": None, "lora": None}):
+        record["environment"] = {**record["environment"], "packages": {**PACKAGES, "peft": "0.22.0"}}
+        new.append(with_run_id(record))
+    results = tmp_path / "results"
+    write_records(results, [*old, *new])
+    assert cli.main([str(results), "--formats", "md,csv"]) == 0
+    assert capsys.readouterr().err.count("warning: toy_sentiment: runs from 2 library versions") == 1
+    written = pd.read_csv(results / "report" / "summary.csv")
+    assert len(written) == 4 and set(written["n"]) == {3}  # never averaged together
+    assert written["software"].str.contains("peft 0.22.0").sum() == 2
+
+
+def _tuned_records(tuning_seed: int, final_seeds: list[int]) -> tuple[list[dict], dict]:
+    tuning = {"study": "minilm/toy_sentiment/lora/tiny#abc", "trial": 1, "params": {"lr": 0.002}}
+    trials = [synthetic_record("lora", tuning_seed, None, role="trial", tuning={**tuning, "trial": t}) for t in range(2)]
+    finals = [synthetic_record("lora", s, 0.9, role="final", tuning=tuning) for s in final_seeds]
+    study = {"study": tuning["study"], "cell": {"task": "toy_sentiment", "budget": "tiny", "method": "lora"},
+             "tuning_seed": tuning_seed, "final_seeds": final_seeds, "finals": [{"run_id": f["run_id"]} for f in finals],
+             "best": {"trial": 1, "value": 0.9, "params": tuning["params"]}, "states": {"complete": 2}, "trials": 2}
+    return [*trials, *finals], {study["study"]: study}
+
+
+def test_the_report_says_which_seed_tuned_and_which_seeds_were_scored():
+    recs, studies = _tuned_records(1000, [0, 1])
+    frame = table.records_frame(recs)
+    (display,) = render.display_tables(summary.summarize(summary.quality_rows(frame, studies), "full", frame), "full")
+    assert any("Trials ran on seed 1000; finals were scored on seeds 0, 1." in note for note in display.notes)
+    assert not any("also a tuning seed" in note for note in display.notes)
+    recs, studies = _tuned_records(0, [0, 1])  # set explicitly to a final seed: allowed, and said
+    frame = table.records_frame(recs)
+    (display,) = render.display_tables(summary.summarize(summary.quality_rows(frame, studies), "full", frame), "full")
+    assert "lora: final seed 0 is also a tuning seed (set explicitly), so that final repeats the winning trial's draw " \
+           "and carries the selection's optimism." in display.notes
+    assert summary.tuning_rows(frame, studies)["tuning_seed"].iloc[0] == 0
+
+
+def test_the_params_front_uses_the_methods_own_count_so_a_head_probe_sits_at_zero(tmp_path):
+    recs = standard_records({"full": None, "lora": None})
+    for seed, accuracy in enumerate([0.7, 0.72, 0.71]):
+        probe = synthetic_record("lora", seed, accuracy, config_extra={"r": 1})
+        probe["method"] = probe["config"]["method"]["name"] = "head"
+        probe["params"] = {**probe["params"], "method": 0, "trainable": HEAD, "method_percent": 0.0}
+        recs.append(with_run_id(probe))
+    cells = summary.summarize(summary.quality_rows(table.records_frame(recs), {}), "full").set_index("method")
+    assert cells.loc["head", "method_params"] == 0 and cells.loc["head", "pareto_params"]
+    results = tmp_path / "results"
+    write_records(results, recs)
+    assert cli.main([str(results), "--formats", "md"]) == 0  # a zero on the log axis is drawn (symlog)
+    markdown = (results / "report" / "report.md").read_text()
+    assert "Method params: parameters the method adds or unfreezes, the task head excluded" in markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from conftest import SETTLED
 from transformers import TrainerControl, TrainerState
 
 from harness import records, study
@@ -85,19 +86,22 @@ def test_study_name_is_the_cell_plus_a_hash_of_its_fixed_settings(make_cfg):
 
 
 def test_search_space_and_storage_are_not_part_of_a_runs_identity_but_role_is(make_cfg):
-    base = records.run_id(make_cfg("method=lora"))
-    assert records.run_id(make_cfg("method=lora", "method.search.space.r.choices=[2]")) == base
-    assert records.run_id(make_cfg("method=lora", "tuning.storage=sqlite:////x.db", "tuning.trial_id=9")) == base
-    assert records.run_id(make_cfg("method=lora", "role=final")) != base
-    assert records.run_id(make_cfg("method=lora", "tuning.trial=3")) != base
+    def run_id(*overrides):
+        return records.run_id(make_cfg("method=lora", *overrides), SETTLED)
+
+    base = run_id()
+    assert run_id("method.search.space.r.choices=[2]") == base
+    assert run_id("tuning.storage=sqlite:////x.db", "tuning.trial_id=9") == base
+    assert run_id("role=final") != base
+    assert run_id("tuning.trial=3") != base
 
 
 def test_tuning_cost_sums_every_trial_including_pruned_and_failed_ones():
     trials = [
         {"time": {"train_seconds": 10.0, "eval_seconds": 1.0}, "compute": {"train_tokens": 100, "steps": 5},
-         "memory": {"peak_above_baseline_bytes": 7}},
+         "memory": {"train_peak_bytes": 7}},
         {"status": "pruned", "time": {"train_seconds": 2.5, "eval_seconds": 0.5},
-         "compute": {"train_tokens": 20, "steps": 1}, "memory": {"peak_above_baseline_bytes": 9}},
+         "compute": {"train_tokens": 20, "steps": 1}, "memory": {"train_peak_bytes": 9}},
         {"status": "failed", "time": {}, "compute": {}, "memory": {}},
     ]  # fmt: skip
     assert study.tuning_cost(trials) == {
@@ -106,7 +110,7 @@ def test_tuning_cost_sums_every_trial_including_pruned_and_failed_ones():
         "eval_seconds": 1.5,
         "train_tokens": 120,
         "steps": 6,
-        "peak_memory_above_baseline_bytes_max": 9,
+        "train_peak_memory_bytes_max": 9,
     }
 
 

@@ -53,16 +53,17 @@ def test_a_study_tunes_each_cell_then_reruns_the_best_over_seeds_and_a_rerun_tra
         best = opt_study.best_trial
         finals = [r for r in runs["final"] if r["tuning"]["study"] == name]
         assert sorted(r["seed"] for r in finals) == [0, 1]
+        # tuned on a seed no final uses: no reported test score repeats the draw that won the selection
+        assert {r["seed"] for r in trials} == {1000}
         for final in finals:
             assert final["tuning"]["trial"] == best.number
             assert final["tuning"]["params"] == best.user_attrs["assignments"]
             for key, value in best.user_attrs["assignments"].items():
                 assert final["config"]["method"][key] == value
             assert final["primary_metric"]["test"] is not None
-        # Same config and seed as the best trial: the final reproduces its validation score exactly.
-        assert next(f for f in finals if f["seed"] == 0)["primary_metric"]["validation"] == best.value
         summary = json.loads(study.summary_path(tmp_path, name).read_text())
         assert summary["trials"] == 4 and summary["best"]["trial"] == best.number
+        assert (summary["tuning_seed"], summary["final_seeds"]) == (1000, [0, 1])
         assert summary["tuning_cost"]["steps"] == sum(r["compute"]["steps"] for r in trials)
         assert sorted(f["run_id"] for f in summary["finals"]) == sorted(f["run_id"] for f in finals)
     lora = next(r for r in runs["trial"] if r["method"] == "lora")
@@ -94,6 +95,22 @@ def _report_of_a_real_study(results_dir, studies) -> None:
         method = name.split("/")[2]
         assert tuning.loc[method, "trials"] == 4 and tuning.loc[method, "best_trial"] == opt_study.best_trial.number
     assert (out / "plots" / "toy_sentiment_tuning.png").exists()
+    assert "Trials ran on seed 1000; finals were scored on seeds 0, 1." in (out / "report.md").read_text()
+
+
+def test_a_tuning_seed_set_to_a_final_seed_is_allowed_and_that_final_repeats_the_winning_draw(tmp_path):
+    """Why the default tuning seed is one no final uses: a final on the tuning seed is the winning trial again."""
+    result = run_cli(tmp_path, *STUDY, "method=ia3", "hydra.sweeper.n_trials=2", "seed=0,1", "budget.max_steps=4",
+                     "hydra.sweeper.tuning_seed=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tuning seed 0 is also a final seed (set explicitly)" in result.stdout + result.stderr
+    (opt_study,) = _studies(tmp_path).values()
+    finals = {r["seed"]: r for r in _by_role(tmp_path)["final"]}
+    assert finals[0]["primary_metric"]["validation"] == opt_study.best_value  # the very trial that won, again
+    from harness.report import cli as report
+
+    assert report.main([str(tmp_path), "--formats", "md"]) == 0
+    assert "ia3: final seed 0 is also a tuning seed (set explicitly)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_a_study_killed_mid_sweep_resumes_to_exactly_n_trials(tmp_path):
@@ -177,6 +194,7 @@ def test_a_cell_whose_trials_all_fail_is_recorded_and_the_other_cells_finish(tmp
         pytest.param(["method=ia3,lora", "method.r=4"], "Could not override 'method.r'", marks=pytest.mark.slow),
         pytest.param(["method=lora", "method.lora_dropout=2"], "error: method.lora_dropout: must be in [0, 1) (got 2)", marks=pytest.mark.slow),
         (["method=lora", "hydra.sweeper.storage=optuna.db"], "error: hydra.sweeper.storage: must be an RDB URL"),
+        (["method=lora", "seed=0,1000"], "error: hydra.sweeper.seeds: includes 1000, the default tuning seed"),
         pytest.param(["method=lora", "tuning.trial=3"], "error: tuning.trial: is set by the study sweeper", marks=pytest.mark.slow),
     ],
 )

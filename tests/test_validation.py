@@ -60,7 +60,7 @@ def _error(make_cfg, *overrides: str, base: tuple[str, ...] = tuple(TINY)) -> Co
             "available: premise, hypothesis, label",
         ),
         (["task.primary_metric=f2"], "task.primary_metric", "allowed: accuracy"),
-        (["task.metrics=[{name: bleu, higher_is_better: true}]"], "task.metrics[0].name", "allowed: accuracy, exact_match, f1, matthews_correlation, preference_accuracy, loss"),
+        (["task.metrics=[{name: bleu, higher_is_better: true}]"], "task.metrics[0].name", "allowed: accuracy, exact_match, f1, implicit_reward_accuracy, matthews_correlation, mean_token_logprob_accuracy, reward_accuracy, loss"),
         (["train.precision=fp8"], "train.precision", "allowed: auto, fp32, bf16, fp16"),
         (["train.optimizer=sgdd"], "train.optimizer", "adamw_torch"),
         (["seed=abc"], "seed", "integer"),

@@ -1,8 +1,11 @@
-"""Preference accuracy: fraction of held-out pairs whose chosen answer the model scores above the rejected one.
+"""Preference accuracy: fraction of held-out pairs whose chosen answer is scored above the rejected one.
 
-Predictions are score margins, score(chosen) − score(rejected): a reward
-model's rewards, or a language model's log-likelihoods of the two
-completions. A tie is not a success. Also returns the mean margin.
+Predictions are score margins, score(chosen) − score(rejected), of whichever
+quantity the caller scores pairs by (a policy's mean log-probability per
+token, DPO's implicit reward, a reward model's output; the caller names the
+result after it). A tie counts one half, so a model that cannot tell the two
+apart (DPO's implicit reward before training is exactly 0) scores chance,
+not 0. Also returns the mean margin.
 """
 
 import datasets
@@ -21,7 +24,7 @@ class PreferenceAccuracy(evaluate.Metric):
 
     def _compute(self, predictions, references):
         margins = np.asarray(predictions, dtype=float)
-        return {
-            "preference_accuracy": float(np.mean(margins > 0)) if len(margins) else 0.0,
-            "reward_margin": float(np.mean(margins)) if len(margins) else 0.0,
-        }
+        if not len(margins):
+            return {"accuracy": 0.0, "margin": 0.0}
+        wins = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
+        return {"accuracy": float(wins.mean()), "margin": float(margins.mean())}

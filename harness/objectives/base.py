@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ class FittedRun:
 
     trainer: Any
     budget: budget_stage.BudgetCallback
-    memory: measure.PeakMemory
+    memory: measure.MemoryMeter
     eval_clock: measure.Stopwatch
     validation_metrics: dict[str, Any]
     test_metrics: dict[str, Any]
     compute: dict[str, Any] = field(default_factory=dict)  # objective-specific spend (rollout tokens, ...)
     samples: list[dict[str, Any]] = field(default_factory=list)  # generations kept beside the record
+    frozen_models: list[Any] = field(default_factory=list)  # references and reward models held beside the trained one
 
 
 @dataclass
@@ -91,6 +93,30 @@ class DataOrderFingerprint:
         return self.data_order_hash.hexdigest() if self.samples_trained else None
 
 
+class EvaluationWindows:
+    """Trainer mixin: every ``evaluate`` is an evaluation window of the run's memory meter.
+
+    Periodic evaluation runs inside ``train``; without this, a pass over
+    held-out data could set the run's *training* peak. ``memory_meter`` is set
+    by :func:`train_and_evaluate`; a trainer whose ``evaluate`` is its own
+    (PPO's) wraps it in :meth:`evaluation_window` itself.
+    """
+
+    memory_meter: measure.MemoryMeter | None = None
+
+    @contextmanager
+    def evaluation_window(self):
+        if self.memory_meter is None:
+            yield
+            return
+        with self.memory_meter.phase_of("eval"):
+            yield
+
+    def evaluate(self, *args, **kwargs):
+        with self.evaluation_window():
+            return super().evaluate(*args, **kwargs)
+
+
 class Objective(ABC):
     """Base of every objective; subclasses set the class attributes and implement ``fit``."""
 
@@ -107,6 +133,14 @@ class Objective(ABC):
 
     def num_labels(self, cfg: DictConfig) -> int:
         return 1
+
+    def optimizer_steps_per_budget_step(self) -> int:
+        """How many optimizer steps one budget step holds (PPO updates several times per rollout batch)."""
+        return 1
+
+    def optimizer_steps(self, budget: DictConfig) -> int | None:
+        """Optimizer steps the budget allows; None when only tokens or seconds bound it."""
+        return int(budget.max_steps) * self.optimizer_steps_per_budget_step() if budget.get("max_steps") else None
 
     @abstractmethod
     def fit(self, inputs: RunInputs) -> FittedRun:
@@ -160,15 +194,25 @@ def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device:
 
 
 def train_and_evaluate(trainer, budget: budget_stage.BudgetCallback, device: torch.device, evaluate) -> FittedRun:
-    """Train under the peak-memory probe, then time the final evaluations (``evaluate() -> (val, test)``)."""
-    with measure.PeakMemory(device) as memory:
+    """Train, then time the final evaluations (``evaluate() -> (val, test)``), with memory measured per phase.
+
+    The meter's baseline is taken as training starts; evaluations (periodic
+    ones inside ``train`` and the final ones) are its evaluation windows, the
+    rest of ``train`` its training window.
+    """
+    meter = trainer.memory_meter = measure.MemoryMeter(device)
+    meter.start()
+    try:
         trainer.train()
-    with measure.Stopwatch(device) as eval_clock:
-        validation_metrics, test_metrics = evaluate()
-    return FittedRun(trainer, budget, memory, eval_clock, validation_metrics, test_metrics)
+        meter.enter(None)  # training is over; only the evaluation windows below count
+        with measure.Stopwatch(device) as eval_clock:
+            validation_metrics, test_metrics = evaluate()
+    finally:
+        meter.stop()
+    return FittedRun(trainer, budget, meter, eval_clock, validation_metrics, test_metrics)
 
 
-def record_parameters(model, record: dict[str, Any]) -> None:
-    """Trainable and total parameters as PEFT counts them, before training (4-bit weights as logical ones)."""
-    trainable, total = measure.count_parameters(model)
-    record["params"] = {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
+def record_parameters(model, record: dict[str, Any], head_modules: list[str], auxiliary=None) -> None:
+    """What the method trains, what the head trains, and the model's size, before training (see
+    :func:`harness.measure.parameter_counts`; 4-bit weights count as logical parameters)."""
+    record["params"] = measure.parameter_counts(model, head_modules, auxiliary)

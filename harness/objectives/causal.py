@@ -20,6 +20,7 @@ from harness import budget as budget_stage
 from harness import methods, models
 from harness.objectives.base import (
     DataOrderFingerprint,
+    EvaluationWindows,
     FittedRun,
     Objective,
     RunInputs,
@@ -27,7 +28,7 @@ from harness.objectives.base import (
     train_and_evaluate,
     training_arguments,
 )
-from harness.objectives.generation import GenerationEvalMixin, as_conversation, completion_logprobs, held_out_splits
+from harness.objectives.generation import GenerationEvalMixin, as_conversation, held_out_splits
 
 
 def conversational(split: Dataset, columns: tuple[str, ...]) -> Dataset:
@@ -46,8 +47,11 @@ class TRLObjective(Objective):
     """Template for objectives trained by a TRL trainer; subclasses set the hooks below."""
 
     completion_columns: tuple[str, ...] = ("completion",)
-    preference_scorer = staticmethod(completion_logprobs)
-    generate_answers = True
+    scores_by_reward = False  # a reward model: pairs scored by its output, no generation
+
+    def implicit_reward_beta(self) -> float | None:
+        """β of an implicit reward to score held-out pairs by (DPO), beside the mean token log-probability."""
+        return None
 
     @abstractmethod
     def trl_classes(self) -> tuple[type, type]:
@@ -70,12 +74,16 @@ class TRLObjective(Objective):
         """Objective-specific compute for the record (rollout tokens, reward-model passes)."""
         return {}
 
+    def frozen_models(self, trainer) -> list[Any]:
+        """Models held beside the trained one (a reference copy, a reward model): their weights count as memory."""
+        return [getattr(trainer, "ref_model", None)]
+
     def fit(self, inputs: RunInputs) -> FittedRun:
         cfg = inputs.cfg
         tokenizer = models.load_tokenizer(cfg.model)
         held_out = held_out_splits(cfg, inputs.splits)
         model = methods.apply_method(self.load_model(cfg, models.quantization_of(cfg)), inputs.method_object, inputs.context)
-        record_parameters(model, inputs.record)
+        record_parameters(model, inputs.record, inputs.context.head_modules)
         callback = budget_stage.BudgetCallback(cfg.budget)
         trainer_class, config_class = self.trl_classes()
         args = training_arguments(
@@ -87,7 +95,7 @@ class TRLObjective(Objective):
             train_dataset=self.train_rows(inputs.splits["train"]),
             eval_dataset=self.train_rows(held_out["eval"]),
             processing_class=tokenizer,
-            callbacks=[callback, *inputs.callbacks],
+            callbacks=[callback, *methods.method_callbacks(model), *inputs.callbacks],
             **self.trainer_kwargs(inputs, model),
         )
         trainer.remove_callback(PrinterCallback)
@@ -99,8 +107,8 @@ class TRLObjective(Objective):
             )
         trainer.score_held_out(held_out, cfg.task)
         trainer.rows_per_example = max(1, len(self.completion_columns))
-        trainer.preference_scorer = self.preference_scorer
-        trainer.generate_answers = self.generate_answers
+        trainer.scores_by_reward = self.scores_by_reward
+        trainer.implicit_reward_beta = self.implicit_reward_beta()
         eval_rows = {prefix: self.train_rows(split) for prefix, split in held_out.items()}
 
         def evaluate():
@@ -111,9 +119,11 @@ class TRLObjective(Objective):
         fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
         fitted.compute = {"train_examples": used, "train_examples_dropped_by_truncation": available - used, **self.spent()}
         fitted.samples = trainer.samples_by_split()
+        fitted.frozen_models = [m for m in self.frozen_models(trainer) if m is not None]
         return fitted
 
 
 def _measured(trainer_class: type) -> type:
-    """The TRL trainer with the data-order fingerprint and the shared generation metrics mixed in."""
-    return type(f"Measured{trainer_class.__name__}", (DataOrderFingerprint, GenerationEvalMixin, trainer_class), {})
+    """The TRL trainer with the data-order fingerprint, the memory windows and the shared generation metrics."""
+    bases = (EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, trainer_class)
+    return type(f"Measured{trainer_class.__name__}", bases, {})

@@ -14,6 +14,7 @@ from harness import data, methods, models
 from harness.metrics import load_metric
 from harness.objectives.base import (
     DataOrderFingerprint,
+    EvaluationWindows,
     FittedRun,
     Objective,
     RunInputs,
@@ -23,8 +24,8 @@ from harness.objectives.base import (
 )
 
 
-class ClassificationTrainer(DataOrderFingerprint, Trainer):
-    """transformers' Trainer, fingerprinting its data order."""
+class ClassificationTrainer(EvaluationWindows, DataOrderFingerprint, Trainer):
+    """transformers' Trainer, fingerprinting its data order and measuring its evaluations apart."""
 
 
 def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str, float]]:
@@ -81,10 +82,11 @@ class ClassificationObjective(Objective):
         test = data.cap_eval(tokenized["test"], cfg.budget.get("max_eval_samples"))
         model = models.load_classifier(cfg.model, self.num_labels(cfg), models.quantization_of(cfg), cfg.seed)
         model = methods.apply_method(model, inputs.method_object, inputs.context)
-        record_parameters(model, inputs.record)
+        record_parameters(model, inputs.record, inputs.context.head_modules)
         callback = budget_stage.BudgetCallback(cfg.budget)
         args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
-        trainer = build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, [callback, *inputs.callbacks])
+        callbacks = [callback, *methods.method_callbacks(model), *inputs.callbacks]
+        trainer = build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, callbacks)
 
         def evaluate():
             validation_metrics = trainer.evaluate(validation, metric_key_prefix="eval")

@@ -31,6 +31,9 @@ class DPOObjective(TRLObjective):
         if self.settings.get("loss_type") not in LOSS_TYPES:
             raise ConfigError("objective.loss_type", f"got {self.settings.get('loss_type')!r}; allowed: {', '.join(LOSS_TYPES)}")
 
+    def implicit_reward_beta(self) -> float | None:
+        return float(self.settings["beta"])
+
     def trl_classes(self):
         from trl import DPOConfig, DPOTrainer
 

@@ -106,14 +106,14 @@ def exact_match(model, tokenizer, rows: dict[str, list], task: DictConfig, batch
 
 
 @torch.no_grad()
-def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> list[float]:
-    """Sum of the log-probabilities of each completion's tokens given its (chat-formatted) prompt.
+def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> list[tuple[float, int]]:
+    """(sum of the log-probabilities, number) of each completion's tokens given its (chat-formatted) prompt.
 
     The completion's tokens are those the formatted conversation has beyond the
     formatted prompt (end-of-turn marker included), as in TRL's completion masks.
     Batches are padded here, on the right, so the tokenizer's padding side does not matter.
     """
-    totals: list[float] = []
+    totals: list[tuple[float, int]] = []
     with scoring(model) as device:
         for start in range(0, len(prompts), batch_size):
             heads = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
@@ -134,7 +134,9 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
             logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
             logits = logits[:, -ids.shape[1] :]  # prompt tuning prepends virtual tokens' logits: drop them
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-            totals += (logprobs * scored[:, 1:].to(device)).sum(dim=1).tolist()
+            mask = scored[:, 1:].to(device)
+            sums, counts = (logprobs * mask).sum(dim=1).tolist(), mask.sum(dim=1).tolist()
+            totals += list(zip(sums, counts, strict=True))
     return totals
 
 
@@ -153,15 +155,23 @@ def rewards(model, tokenizer, prompts: list[str], completions: list[str], batch_
     return scores
 
 
-def preference_margins(model, tokenizer, rows: dict[str, list], batch_size: int, scorer) -> list[float]:
-    chosen = scorer(model, tokenizer, rows["prompt"], rows["chosen"], batch_size)
-    rejected = scorer(model, tokenizer, rows["prompt"], rows["rejected"], batch_size)
-    return [c - r for c, r in zip(chosen, rejected, strict=True)]
+# What a model scores a preference pair by, named for what it is (``<quantity>_accuracy`` and ``<quantity>_margin``):
+#   mean_token_logprob  a policy's mean log-probability per completion token (length-normalised, so a shorter
+#                       answer is not favoured for being short); every generative run
+#   implicit_reward     DPO's reward, beta * (log pi - log pi_ref) summed over the completion; DPO runs
+#   reward              a reward model's scalar output; reward-model runs
+PREFERENCE_QUANTITIES = ("mean_token_logprob", "implicit_reward", "reward")
 
 
-def preference_metrics(model, tokenizer, rows: dict[str, list], batch_size: int, scorer) -> dict[str, float]:
-    margins = preference_margins(model, tokenizer, rows, batch_size, scorer)
-    return load_metric("preference_accuracy").compute(predictions=margins, references=[1] * len(margins))
+def pair_metrics(quantity: str, chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    """Accuracy (chosen scored above rejected; a tie counts one half) and mean margin of one quantity."""
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    scores = load_metric("preference_accuracy").compute(predictions=margins, references=[1] * len(margins))
+    return {f"{quantity}_accuracy": scores["accuracy"], f"{quantity}_margin": scores["margin"]}
+
+
+def mean_per_token(stats: list[tuple[float, int]]) -> list[float]:
+    return [total / count if count else float("nan") for total, count in stats]
 
 
 # Evaluation prefixes and the splits they score (the sample file names the split).
@@ -179,20 +189,22 @@ class GenerationEvalMixin:
     """Trainer mixin: every ``evaluate(metric_key_prefix=p)`` also scores ``self.generation_sets[p]``.
 
     Set ``generation_sets`` (prefix -> rows as a dict of lists), ``generation_task``
-    (the task config), ``preference_scorer`` (completion_logprobs or rewards)
-    and ``generate_answers`` (False for a reward model). The latest samples of
-    each prefix are kept in ``generation_samples``.
+    (the task config), ``scores_by_reward`` (a reward model: pairs are scored by
+    its output, and it does not generate) and ``implicit_reward_beta`` (DPO: its
+    implicit reward is scored too, against the frozen reference). The latest
+    samples of each prefix are kept in ``generation_samples``.
     """
 
     generation_sets: dict[str, dict[str, list]] = {}
     generation_task: DictConfig | None = None
-    preference_scorer = staticmethod(completion_logprobs)
-    generate_answers = True
+    scores_by_reward = False
+    implicit_reward_beta: float | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_samples: dict[str, list[dict]] = {}
         self._pending: dict[str, float] | None = None
+        self._reference_logprobs: dict[str, tuple[list, list]] = {}
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         started = time.perf_counter()
@@ -234,10 +246,51 @@ class GenerationEvalMixin:
         model, tokenizer, batch = self.generation_model(), self.processing_class, self.args.per_device_eval_batch_size
         metrics: dict[str, float] = {}
         if "chosen" in rows:
-            scores = preference_metrics(model, tokenizer, rows, batch, self.preference_scorer)
-            metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
-        if self.generate_answers and rows.get("answer"):
+            metrics.update({f"{prefix}_{k}": v for k, v in self._preference_metrics(prefix, rows).items()})
+        if not self.scores_by_reward and rows.get("answer"):
             score, samples = exact_match(model, tokenizer, rows, self.generation_task, batch)
             metrics[f"{prefix}_exact_match"] = score
             self.generation_samples[prefix] = samples
         return metrics
+
+    def _preference_metrics(self, prefix: str, rows: dict[str, list]) -> dict[str, float]:
+        """Held-out pairs scored by what this model scores them by (see ``PREFERENCE_QUANTITIES``)."""
+        model, tokenizer, batch = self.generation_model(), self.processing_class, self.args.per_device_eval_batch_size
+        if self.scores_by_reward:
+            chosen, rejected = (rewards(model, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected"))
+            return pair_metrics("reward", chosen, rejected)
+        chosen, rejected = (completion_logprobs(model, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected"))
+        metrics = pair_metrics("mean_token_logprob", mean_per_token(chosen), mean_per_token(rejected))
+        if self.implicit_reward_beta is not None:
+            ref_chosen, ref_rejected = self._reference_scores(prefix, rows)
+            beta = self.implicit_reward_beta
+            implicit = [
+                [beta * (policy - reference) for (policy, _), (reference, _) in zip(side, ref_side, strict=True)]
+                for side, ref_side in ((chosen, ref_chosen), (rejected, ref_rejected))
+            ]
+            metrics.update(pair_metrics("implicit_reward", *implicit))
+        return metrics
+
+    def _reference_scores(self, prefix: str, rows: dict[str, list]) -> tuple[list, list]:
+        """The frozen reference's summed log-probabilities of the pairs, computed once per split (it never changes)."""
+        if prefix not in self._reference_logprobs:
+            tokenizer, batch = self.processing_class, self.args.per_device_eval_batch_size
+            with self.reference_model() as reference:
+                self._reference_logprobs[prefix] = tuple(
+                    completion_logprobs(reference, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected")
+                )
+        return self._reference_logprobs[prefix]
+
+    @contextmanager
+    def reference_model(self):
+        """DPO's reference: its frozen copy (``ref_model``), or the frozen "ref" adapter TRL adds beside a
+        PEFT adapter (the adapters disabled where there is none)."""
+        reference = getattr(self, "ref_model", None)
+        if reference is not None:
+            yield reference
+            return
+        from trl.trainer.utils import use_adapter
+
+        model = self.generation_model()
+        with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+            yield model

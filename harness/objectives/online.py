@@ -90,6 +90,9 @@ class OnlineRLObjective(TRLObjective):
     def spent(self) -> dict[str, Any]:
         return dict(self.reward.spent)
 
+    def frozen_models(self, trainer) -> list[Any]:
+        return [*super().frozen_models(trainer), self.reward.reward_model]
+
     def _pin_reference(self, inputs, model) -> None:
         """TRL rebuilds the KL reference of a non-PEFT model from ``config._name_or_path``; point that at the
         starting weights, saved once, so a model drawn at random (tests) or wrapped by the method gets itself."""

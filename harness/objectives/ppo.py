@@ -40,6 +40,7 @@ from harness.config import ConfigError
 from harness.objectives import ppo_math
 from harness.objectives.base import (
     DataOrderFingerprint,
+    EvaluationWindows,
     FittedRun,
     Objective,
     RunInputs,
@@ -93,7 +94,7 @@ def response_mask(responses: torch.Tensor, eos_token_id: int, pad_token_id: int)
     return mask.float()
 
 
-class PPOTrainer(DataOrderFingerprint, GenerationEvalMixin, Trainer):
+class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, Trainer):
     """transformers' Trainer with PPO's rollout-and-update loop as its ``train``."""
 
     def __init__(self, *args, ppo: dict[str, Any], reference: nn.Module | None, reward_fn, task, **kwargs):
@@ -141,6 +142,10 @@ class PPOTrainer(DataOrderFingerprint, GenerationEvalMixin, Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The shared generation metrics only: PPO has no held-out loss."""
+        with self.evaluation_window():
+            return self._evaluate(metric_key_prefix)
+
+    def _evaluate(self, metric_key_prefix: str) -> dict[str, float]:
         started = time.perf_counter()
         metrics = self._generation_metrics(metric_key_prefix)
         metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
@@ -206,6 +211,7 @@ class PPOTrainer(DataOrderFingerprint, GenerationEvalMixin, Trainer):
                 self.accelerator.backward(loss)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
                 self.optimizer.step()
+                self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
                 self.optimizer.zero_grad()
                 updates += 1
                 totals["policy_loss"] += policy_loss.item()
@@ -241,7 +247,8 @@ def check_reward_settings(settings: dict[str, Any], cfg) -> None:
 
 
 def reward_run_record(cfg, run_id: str | None) -> dict[str, Any]:
-    """The record of the reward run a policy is trained against; it must have succeeded and kept its model."""
+    """The record of the reward run a policy is trained against; it must have succeeded and kept a model
+    whose tensors are exactly those its config describes (checked from the file's header, no weights read)."""
     if not run_id:
         raise ConfigError("objective.reward_run", "must name the run_id of an objective=reward run (keep_artifacts=true)")
     record = records.read_record(records.record_path(cfg.results_dir, run_id))
@@ -250,7 +257,67 @@ def reward_run_record(cfg, run_id: str | None) -> dict[str, Any]:
     folder = record.get("artifact_dir")
     if not folder or not Path(folder).is_dir():
         raise ConfigError("objective.reward_run", f"run {run_id} kept no model; rerun it with keep_artifacts=true")
+    _check_checkpoint(record)
     return record
+
+
+ADAPTER_FILE, TRAINED_FILE = "adapter_model.safetensors", "trained.safetensors"
+
+
+def _reward_method(reward_cfg):
+    """The reward run's method object and context, rebuilt from its record's config as the run built them."""
+    from omegaconf import OmegaConf
+
+    sites = reward_cfg.model.get("adapter_sites")
+    context = methods.MethodContext(
+        head_modules=list(reward_cfg.model.head_modules),
+        adapter_sites=OmegaConf.to_container(sites) if sites is not None else {},
+        peft_task_type="SEQ_CLS",
+        total_steps=reward_cfg.budget.get("max_steps"),
+    )
+    return methods.build_method(reward_cfg.method, context), context
+
+
+def _checkpoint_keys(folder: Path) -> tuple[Path, set[str]]:
+    from safetensors import safe_open
+
+    path = folder / (ADAPTER_FILE if (folder / ADAPTER_FILE).exists() else TRAINED_FILE)
+    if not path.is_file():
+        raise ConfigError("objective.reward_run", f"{folder} holds neither {ADAPTER_FILE} nor {TRAINED_FILE}")
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            return path, set(checkpoint.keys())
+    except Exception as error:  # noqa: BLE001 - a torn or foreign file, reported as one line
+        raise ConfigError("objective.reward_run", f"cannot read {path}: {str(error).splitlines()[0]}") from None
+
+
+def _expected_keys(reward_cfg, peft_file: bool) -> set[str]:
+    """The tensor names the reward run saved, from its architecture on the meta device (no weights)."""
+    skeleton = models.skeleton(reward_cfg.model, 1, "sequence_classification")
+    method, context = _reward_method(reward_cfg)
+    model = methods.apply_method(skeleton, method, context)
+    if peft_file:
+        from peft import get_peft_model_state_dict
+
+        return set(get_peft_model_state_dict(model))
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def _check_keys(expected: set[str], found: set[str], where: Path) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise ConfigError(
+            "objective.reward_run",
+            f"{where} does not match the reward model its record describes: {len(missing)} tensors missing "
+            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}",
+        )
+
+
+def _check_checkpoint(record: dict[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    path, found = _checkpoint_keys(Path(record["artifact_dir"]))
+    _check_keys(_expected_keys(OmegaConf.create(record["config"]), path.name == ADAPTER_FILE), found, path)
 
 
 def verifiable_scores(task, completions: list[str], answers: list[Any]) -> list[float]:
@@ -267,22 +334,29 @@ def verifiable_reward(task):
 
 
 def load_reward_model(cfg, run_id: str):
-    """The frozen reward model of a successful ``objective=reward`` run kept with ``keep_artifacts=true``."""
+    """The frozen reward model of a successful ``objective=reward`` run kept with ``keep_artifacts=true``.
+
+    Its checkpoint was checked against the architecture before anything
+    loaded (``reward_run_record``); the load itself is strict as well.
+    """
     from omegaconf import OmegaConf
 
     record = reward_run_record(cfg, run_id)
-    folder = record["artifact_dir"]
+    folder = Path(record["artifact_dir"])
     reward_cfg = OmegaConf.create(record["config"])
     model = models.load_classifier(reward_cfg.model, 1, None, reward_cfg.seed)
-    if (Path(folder) / "adapter_config.json").exists():
+    if (folder / ADAPTER_FILE).exists():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, folder).eval().requires_grad_(False), record
+        return PeftModel.from_pretrained(model, str(folder)).eval().requires_grad_(False), record
     from safetensors.torch import load_file
 
-    method = methods.build_method(reward_cfg.method, methods.MethodContext(head_modules=list(reward_cfg.model.head_modules)))
-    model = methods.apply_method(model, method, methods.MethodContext(head_modules=list(reward_cfg.model.head_modules)))
-    model.load_state_dict(load_file(str(Path(folder) / "trained.safetensors")), strict=False)
+    method, context = _reward_method(reward_cfg)
+    model = methods.apply_method(model, method, context)
+    state = load_file(str(folder / TRAINED_FILE))
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    _check_keys(trained, set(state), folder / TRAINED_FILE)  # the file holds exactly what trained
+    model.load_state_dict(state, strict=False)  # the frozen base is not in the file, by design
     return model.eval().requires_grad_(False), record
 
 
@@ -309,9 +383,13 @@ class PPOObjective(Objective):
         if cfg.budget.batch_size % int(self.settings["num_minibatches"]):
             raise ConfigError("objective.num_minibatches", f"must divide budget.batch_size={cfg.budget.batch_size}")
 
+    def optimizer_steps_per_budget_step(self) -> int:
+        return int(self.settings["ppo_epochs"]) * int(self.settings["num_minibatches"])
+
     def fit(self, inputs: RunInputs) -> FittedRun:
         cfg, s = inputs.cfg, self.settings
         tokenizer = models.load_tokenizer(cfg.model)
+        reward_model = None
         if s["reward"] == "model":
             reward_model, _ = load_reward_model(cfg, s["reward_run"])
             reward_fn = model_reward(reward_model, tokenizer, cfg.budget.batch_size)
@@ -327,13 +405,13 @@ class PPOObjective(Objective):
         if not methods.is_peft_model(policy):
             reference = models.load_causal_lm(cfg.model, quantization, cfg.seed).eval().requires_grad_(False)
         model = PolicyAndValue(policy, value_model)
-        record_parameters(model, inputs.record)
+        record_parameters(policy, inputs.record, [], auxiliary=value_model)
         held_out = held_out_splits(cfg, inputs.splits)
         callback = budget_stage.BudgetCallback(cfg.budget)
         args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
         trainer = PPOTrainer(
             model=model, args=args, train_dataset=inputs.splits["train"], eval_dataset=held_out["eval"], processing_class=tokenizer,
-            callbacks=[callback, *inputs.callbacks], ppo={k: s[k] for k in (*POSITIVE_SETTINGS, *UNIT_SETTINGS)},
+            callbacks=[callback, *methods.method_callbacks(model), *inputs.callbacks], ppo={k: s[k] for k in (*POSITIVE_SETTINGS, *UNIT_SETTINGS)},
             reference=reference, reward_fn=reward_fn, task=cfg.task,
         )
         trainer.score_held_out(held_out, cfg.task)
@@ -346,5 +424,6 @@ class PPOObjective(Objective):
         fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
         fitted.compute = {**trainer.spent, "reward_model_forward_passes": trainer.spent["reward_evaluations"] if s["reward"] == "model" else 0}
         fitted.samples = trainer.samples_by_split()
+        fitted.frozen_models = [m for m in (reference, reward_model) if m is not None]
         return fitted
 

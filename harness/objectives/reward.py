@@ -1,8 +1,9 @@
 """Reward modelling: TRL's RewardTrainer, a one-output scoring head trained on preference pairs (Bradley-Terry).
 
 The reward model is the base model with a new scalar head; the method
-decides what else trains. Its quality is held-out preference accuracy (how
-often it scores the chosen answer above the rejected one). With
+decides what else trains. Its quality is held-out reward accuracy (how
+often it scores the chosen answer above the rejected one): its objective
+YAML makes that the primary metric, since it has no log-probabilities. With
 ``keep_artifacts=true`` the trained model is kept for PPO, RLOO and GRPO.
 """
 
@@ -13,15 +14,13 @@ from typing import Any
 from harness import budget as budget_stage
 from harness import models
 from harness.objectives.causal import TRLObjective
-from harness.objectives.generation import rewards
 
 
 class RewardObjective(TRLObjective):
     head = "sequence_classification"
     peft_task_type = "SEQ_CLS"
     completion_columns = ("chosen", "rejected")
-    preference_scorer = staticmethod(rewards)
-    generate_answers = False  # a reward model scores; it does not generate
+    scores_by_reward = True  # a reward model scores pairs by its output; it does not generate
 
     def trl_classes(self):
         from trl import RewardConfig, RewardTrainer

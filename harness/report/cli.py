@@ -68,7 +68,8 @@ def build_report(
     methods = sorted(set(frame["method"]))
     if reference != "full" and reference not in methods:
         raise ReportError(f"--reference: no records of method {reference!r}; methods present: {', '.join(methods)}")
-    cells = summary.summarize(chosen, reference)
+    _warn_about_mixed_settings(frame)
+    cells = summary.summarize(chosen, reference, frame)
     tuning = summary.tuning_rows(frame, studies)
     unfinished = summary.unfinished_rows(frame)
     out = Path(out) if out is not None else Path(results_dir) / "report"
@@ -76,9 +77,9 @@ def build_report(
     written = [out / "index.csv", out / "index.parquet"]
     frame.to_csv(written[0], index=False)
     frame.to_parquet(written[1], index=False)
-    figures = _figures(out / "plots", cells, chosen, frame, tuning, studies, records)
-    written += [path.with_suffix(s) for paths in figures.values() for path in paths for s in (".png", ".pdf")]
     tables = render.display_tables(cells, reference) if not cells.empty else []
+    figures = _figures(out / "plots", tables, cells, chosen, frame, tuning, studies, records)
+    written += [path.with_suffix(s) for paths in figures.values() for path in paths for s in (".png", ".pdf")]
     context = _Context(results_dir, records, frame, tables, tuning, unfinished, figures)
     writers = {"md": _write_markdown, "csv": _write_csv, "tex": _write_latex, "html": _write_html}
     for name in formats:
@@ -101,28 +102,43 @@ class _Context:
         self.tables, self.tuning, self.unfinished, self.figures = tables, tuning, unfinished, figures
 
 
-def _figures(folder, cells, chosen, frame, tuning, studies, records) -> dict[str, list[Path]]:
-    """Per task: the two trade-off plots, quality vs budget, training curves, and the tuning plot if tuned."""
+def _warn_about_mixed_settings(frame: pd.DataFrame) -> None:
+    """One line per task whose runs come from several library-version sets or devices: kept apart, never compared."""
+    for task, rows in frame.groupby("task", sort=True):
+        for axis, what in (("software", "library versions"), ("hardware", "devices")):
+            values = sorted(set(rows[axis].dropna()))
+            if len(values) > 1:
+                print(
+                    f"warning: {task}: runs from {len(values)} {what} ({' | '.join(values)}) are reported in separate "
+                    "tables, never averaged, paired or ranked together",
+                    file=sys.stderr,
+                )
+
+
+def _figures(folder, tables, cells, chosen, frame, tuning, studies, records) -> dict[str, list[Path]]:
+    """Per display table: the two trade-off plots, quality vs budget, training curves, the tuning plot if tuned."""
     palette = plots.colours(list(frame["label"]))
     curves = table.curves_frame(records, chosen)
     spaces = {name: (s.get("search") or {}).get("space") or {} for name, s in studies.items()}
     figures: dict[str, list[Path]] = {}
-    for task, rows in cells.groupby("task", sort=True) if not cells.empty else ():
-        slug = render.slug(task)
+    for display in tables:
+        rows = cells[[tuple(key) == display.key for key in cells[summary.DISPLAY].itertuples(index=False)]]
+        slug, title = render.slug(display.title), display.title
         paths = [
-            plots.save(plots.tradeoff(rows, "trainable", "trainable parameters (log)", True, palette), folder, f"{slug}_quality_vs_params"),
-            plots.save(plots.tradeoff(rows, "peak_mem_mib", "peak memory (MiB)", False, palette), folder, f"{slug}_quality_vs_memory"),
-            plots.save(plots.quality_vs_budget(rows, palette), folder, f"{slug}_quality_vs_budget"),
+            plots.save(plots.tradeoff(rows, "method_params", "method parameters (log)", True, palette, title), folder, f"{slug}_quality_vs_params"),
+            plots.save(plots.tradeoff(rows, "train_peak_mib", "training peak memory (MiB)", False, palette, title), folder, f"{slug}_quality_vs_memory"),
+            plots.save(plots.quality_vs_budget(rows, palette, title), folder, f"{slug}_quality_vs_budget"),
         ]
-        task_curves = curves[curves["task"] == task]
-        if not task_curves.empty:
-            figure = plots.training_curves(task_curves, rows["metric"].iloc[0], palette)
+        run_ids = set(chosen.loc[chosen["cell"].isin(rows["cell"]) & chosen["task"].eq(display.task), "run_id"])
+        display_curves = curves[curves["run_id"].isin(run_ids)]
+        if not display_curves.empty:
+            figure = plots.training_curves(display_curves, rows["metric"].iloc[0], palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_training_curves"))
-        trials = frame[(frame["task"] == task) & (frame["role"] == "trial") & frame["tuned_params"].notna()]
+        trials = frame[frame["study"].isin(rows["cell"]) & (frame["role"] == "trial") & frame["tuned_params"].notna()]
         if not trials.empty and not tuning.empty:
-            figure = plots.tuning_isolation(trials, tuning, spaces, palette)
+            figure = plots.tuning_isolation(trials, tuning, spaces, palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_tuning"))
-        figures[task] = paths
+        figures[display.title] = paths
     return figures
 
 
@@ -154,11 +170,10 @@ def _cell_text(value: Any) -> str:
 
 def _environment(records: list[dict[str, Any]]) -> str:
     environments = [r.get("environment") or {} for r in records]
-    packages = environments[0].get("packages") or {}
     devices = sorted({str(e.get("gpu") or f"{e.get('cpu')}, {e.get('cpu_count')} CPU cores") for e in environments})
-    revisions = sorted({f"{e.get('git_revision', '?')[:7]}{' (dirty)' if e.get('git_dirty') else ''}" for e in environments})
-    versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft", "optuna") if k in packages)
-    return f"Hardware: {'; '.join(devices)}. Software: {versions}. Code revision(s): {', '.join(revisions)}."
+    revisions = sorted({f"{(e.get('git_revision') or '?')[:7]}{' (dirty)' if e.get('git_dirty') else ''}" for e in environments})
+    versions = sorted({table.software(r) for r in records})
+    return f"Hardware: {'; '.join(devices)}. Software: {' | '.join(versions)}. Code revision(s): {', '.join(revisions)}."
 
 
 def _counts(frame: pd.DataFrame) -> str:
@@ -170,9 +185,9 @@ def _write_markdown(out: Path, context: _Context, cells: pd.DataFrame) -> list[P
     lines = [f"# Report: {context.results_dir.name}", ""]
     lines += [f"From {len(context.records)} run records ({_counts(context.frame)}). {_environment(context.records)}", ""]
     for display in context.tables:
-        lines += [f"## {display.task}", "", display.caption, "", render.markdown_table(display), ""]
+        lines += [f"## {display.title}", "", display.caption, "", render.markdown_table(display), ""]
         lines += [f"- {note}" for note in display.notes] + [""]
-        lines += [f"![{p.stem}](plots/{p.name})" for p in context.figures.get(display.task, [])] + [""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in context.figures.get(display.title, [])] + [""]
     if not context.tuning.empty:
         lines += ["## Tuning", "", "Trials per tuned cell, best trial by validation score, and the compute tuning spent.", ""]
         lines += [render.markdown_frame(_readable(context.tuning, TUNING_COLUMNS)), ""]
@@ -219,9 +234,9 @@ def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]
     parts.append(f"<h1>{title}</h1><p>From {len(context.records)} run records ({_counts(context.frame)}). "
                  f"{html.escape(_environment(context.records))}</p>")
     for display in context.tables:
-        parts += [f"<h2>{html.escape(display.task)}</h2>", render.html_table(display)]
+        parts += [f"<h2>{html.escape(display.title)}</h2>", render.html_table(display)]
         parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in display.notes) + "</ul>")
-        for png in context.figures.get(display.task, []):
+        for png in context.figures.get(display.title, []):
             encoded = base64.b64encode(png.read_bytes()).decode()
             parts.append(f"<img alt='{html.escape(png.stem)}' src='data:image/png;base64,{encoded}'>")
     if not context.tuning.empty:

@@ -39,8 +39,11 @@ def save(figure, folder: Path, name: str) -> Path:
     return folder / f"{name}.png"
 
 
-def tradeoff(rows: pd.DataFrame, cost: str, xlabel: str, log_x: bool, palette: dict[str, tuple]):
-    """Quality against a cost, one marker per method, the Pareto frontier per budget as a step line."""
+def tradeoff(rows: pd.DataFrame, cost: str, xlabel: str, log_x: bool, palette: dict[str, tuple], title: str):
+    """Quality against a cost, one marker per method, the Pareto frontier per budget as a step line.
+
+    A log axis becomes symmetric-log when a cost is 0 (a head-only probe adds no method parameters).
+    """
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     metric, split = rows["metric"].iloc[0], rows["split"].iloc[0]
     higher = bool(rows["higher_is_better"].iloc[0])
@@ -55,11 +58,13 @@ def tradeoff(rows: pd.DataFrame, cost: str, xlabel: str, log_x: bool, palette: d
             )
             axes.annotate(row.label, (getattr(row, cost), row.mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
         _frontier(axes, block, cost, higher)
-    if log_x:
+    if log_x and (rows[cost] <= 0).any():
+        axes.set_xscale("symlog", linthresh=1)
+    elif log_x:
         axes.set_xscale("log")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(f"{metric} ({split})")
-    axes.set_title(f"{rows['task'].iloc[0]}: {metric} vs {xlabel.split(' (')[0].lower()}")
+    axes.set_title(f"{title}: {metric} vs {xlabel.split(' (')[0].lower()}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
     return figure
@@ -74,7 +79,7 @@ def _frontier(axes, block: pd.DataFrame, cost: str, higher: bool) -> None:
     axes.scatter(front[cost], front["mean"], s=160, facecolors="none", edgecolors="grey", linewidths=1, zorder=3)
 
 
-def quality_vs_budget(rows: pd.DataFrame, palette: dict[str, tuple]):
+def quality_vs_budget(rows: pd.DataFrame, palette: dict[str, tuple], title: str):
     """Quality against the training tokens each budget spent, one line per method."""
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     for label, series in rows.sort_values("train_tokens").groupby("label", sort=True):
@@ -85,13 +90,13 @@ def quality_vs_budget(rows: pd.DataFrame, palette: dict[str, tuple]):
     axes.set_xscale("log")
     axes.set_xlabel("training tokens per run (budget)")
     axes.set_ylabel(f"{rows['metric'].iloc[0]} ({rows['split'].iloc[0]})")
-    axes.set_title(f"{rows['task'].iloc[0]}: quality vs budget")
+    axes.set_title(f"{title}: quality vs budget")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     return figure
 
 
-def training_curves(curves: pd.DataFrame, metric: str, palette: dict[str, tuple]):
+def training_curves(curves: pd.DataFrame, metric: str, palette: dict[str, tuple], title: str):
     """Training loss and validation metric against step, mean over seeds, per method (and budget)."""
     figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
     several_budgets = curves["budget"].nunique() > 1
@@ -107,11 +112,13 @@ def training_curves(curves: pd.DataFrame, metric: str, palette: dict[str, tuple]
         axes.set_xlabel("step")
         axes.grid(True, alpha=0.3)
     metric_axes.legend(fontsize=8)
-    figure.suptitle(f"{curves['task'].iloc[0]}: training curves (mean over seeds)")
+    figure.suptitle(f"{title}: training curves (mean over seeds)")
     return figure
 
 
-def tuning_isolation(trials: pd.DataFrame, tuning: pd.DataFrame, spaces: dict[str, dict], palette: dict[str, tuple]):
+def tuning_isolation(
+    trials: pd.DataFrame, tuning: pd.DataFrame, spaces: dict[str, dict], palette: dict[str, tuple], title: str
+):
     """Every trial's validation score against each searched parameter; the best trial starred, range ends dashed."""
     parameters = sorted({p for params in trials["tuned_params"].dropna() for p in json.loads(params) if p in _searched(spaces)})
     parameters = sorted(parameters, key=lambda p: p != "lr")
@@ -147,7 +154,7 @@ def tuning_isolation(trials: pd.DataFrame, tuning: pd.DataFrame, spaces: dict[st
         axes.set_ylabel("validation score of the trial")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
-    figure.suptitle(f"{trials['task'].iloc[0]}: tuning trials (filled: complete, hollow: pruned or failed, star: best)")
+    figure.suptitle(f"{title}: tuning trials (filled: complete, hollow: pruned or failed, star: best)")
     return figure
 
 

@@ -12,31 +12,49 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.summary import BLOCK
+from harness.report.summary import DISPLAY
 
+# What each memory source measures, for the table's notes. Schema-1 records (one window, evaluation included)
+# name their sources differently, so a report over old records says what those numbers were.
 MEMORY_NOTES = {
-    "process_rss_sampled_20ms": "peak process RSS growth during training on CPU, sampled every 20 ms",
-    "cuda_max_memory_allocated": "peak CUDA memory allocated by tensors, weights included",
+    "linux_vmhwm": "the process's peak resident memory over training steps only (the kernel's high-water mark, "
+    "VmHWM, reset when training starts and after each evaluation), weights, optimizer state, activations and the "
+    "Python runtime included",
+    "rss_sampled_20ms": "the process's peak resident memory over training steps only, sampled every 20 ms (a "
+    "shorter spike can be missed), weights and the Python runtime included",
+    "cuda_max_memory_allocated": "the CUDA allocator's peak of live tensors over training steps only "
+    "(torch.cuda.max_memory_allocated), weights included",
+    "process_rss_sampled_20ms": "schema-1 records: the process's peak resident memory sampled every 20 ms, "
+    "evaluations included",
 }
+MEMORY_KIND = {"cuda_max_memory_allocated": "CUDA"}  # every other source is the process's resident memory
 
 
 @dataclass
 class DisplayTable:
     task: str
+    title: str  # the task, plus what sets this table apart from the task's others (hardware, versions, metric)
     caption: str
     cells: pd.DataFrame  # formatted strings
     bold: pd.DataFrame  # same shape, True where the value is the best of its column in its block
     notes: list[str]
+    key: tuple  # the DISPLAY values of its rows
 
 
 def display_tables(summary: pd.DataFrame, reference: str) -> list[DisplayTable]:
-    return [_display_table(task, rows, reference) for task, rows in summary.groupby("task", sort=True)]
+    tables = []
+    for key, rows in summary.groupby(DISPLAY, sort=True, dropna=False):
+        siblings = summary[summary["task"] == key[0]]
+        varying = [value for column, value in zip(DISPLAY[1:], key[1:], strict=True) if siblings[column].nunique() > 1]
+        tables.append(_display_table(rows, reference, " · ".join([key[0], *map(str, varying)]), tuple(key)))
+    return tables
 
 
-def _display_table(task: str, rows: pd.DataFrame, reference: str) -> DisplayTable:
-    metric, split = rows["metric"].iloc[0], rows["split"].iloc[0]
+def _display_table(rows: pd.DataFrame, reference: str, title: str, key: tuple) -> DisplayTable:
+    task, metric, split = rows["task"].iloc[0], rows["metric"].iloc[0], rows["split"].iloc[0]
     higher = bool(rows["higher_is_better"].iloc[0])
     has_reference = bool(rows["is_reference"].any())
+    kind = MEMORY_KIND.get(rows["memory_source"].iloc[0], "RSS")
     columns = {}
     if rows["model"].nunique() > 1:
         columns["Model"] = rows["model"]
@@ -47,9 +65,12 @@ def _display_table(task: str, rows: pd.DataFrame, reference: str) -> DisplayTabl
     columns[quality] = [_mean_std(m, s) for m, s in zip(rows["mean"], rows["std"], strict=True)]
     columns["n"] = rows["n"].astype(str)
     columns["95% CI"] = [_interval(lo, hi) for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)]
+    columns["Method params"] = rows["method_params"].map(_count)
+    columns["Method %"] = rows["method_pct"].map(lambda v: f"{v:.3g}")
     columns["Trainable"] = rows["trainable"].map(_count)
-    columns["Trainable %"] = rows["trainable_pct"].map(lambda v: f"{v:.3g}")
-    columns["Peak mem (MiB)"] = rows["peak_mem_mib"].map(lambda v: _number(v, 0))
+    columns["Weights (MiB)"] = rows["weights_mib"].map(lambda v: _number(v, 0))
+    columns[f"Train peak {kind} (MiB)"] = rows["train_peak_mib"].map(lambda v: _number(v, 0))
+    columns["Above load (MiB)"] = rows["train_above_mib"].map(lambda v: _number(v, 0))
     columns["Train (s)"] = rows["train_s"].map(lambda v: _number(v, 1))
     columns["Tokens/s"] = rows["tokens_per_s"].map(lambda v: _number(v, 0))
     if has_reference:
@@ -60,27 +81,31 @@ def _display_table(task: str, rows: pd.DataFrame, reference: str) -> DisplayTabl
         columns["p (W)"] = rows["p_wilcoxon"].map(_p_value)
     columns["Pareto"] = [_pareto(p, m) for p, m in zip(rows["pareto_params"], rows["pareto_memory"], strict=True)]
     cells = pd.DataFrame(columns).reset_index(drop=True)
-    bold = _bold_mask(rows.reset_index(drop=True), cells.columns, quality, higher)
-    notes = _notes(rows, reference, has_reference, higher)
+    bold = _bold_mask(rows.reset_index(drop=True), cells.columns, quality, kind, higher)
+    notes = _notes(rows, reference, has_reference, kind)
     caption = (
         f"{task}: {metric} on the {split} split, mean ± sample std over seeds (n), t-based 95% CI; "
-        f"best per column in bold{' within each budget' if 'Budget' in columns else ''}."
+        f"best per column in bold{' within each budget' if 'Budget' in columns else ''}. "
+        f"Measured on {rows['hardware'].iloc[0]} with {rows['software'].iloc[0]}."
     )
-    return DisplayTable(task, caption, cells, bold, notes)
+    return DisplayTable(task, title, caption, cells, bold, notes, key)
 
 
-def _bold_mask(rows: pd.DataFrame, columns: pd.Index, quality: str, higher: bool) -> pd.DataFrame:
+def _bold_mask(rows: pd.DataFrame, columns: pd.Index, quality: str, kind: str, higher: bool) -> pd.DataFrame:
     bold = pd.DataFrame(False, index=rows.index, columns=columns)
     # (source column, best end, decimals shown): values equal as displayed are tied, so all of them are bold.
     sources = {
         quality: ("mean", "max" if higher else "min", 3),
+        "Method params": ("method_params", "min", None),
+        "Method %": ("method_pct", "min", None),
         "Trainable": ("trainable", "min", None),
-        "Trainable %": ("trainable_pct", "min", None),
-        "Peak mem (MiB)": ("peak_mem_mib", "min", 0),
+        "Weights (MiB)": ("weights_mib", "min", 0),
+        f"Train peak {kind} (MiB)": ("train_peak_mib", "min", 0),
+        "Above load (MiB)": ("train_above_mib", "min", 0),
         "Train (s)": ("train_s", "min", 1),
         "Tokens/s": ("tokens_per_s", "max", 0),
     }
-    for _, block in rows.groupby(BLOCK, sort=False):
+    for _, block in rows.groupby("budget", sort=False):
         if len(block) < 2:
             continue
         for column, (source, best, decimals) in sources.items():
@@ -93,23 +118,50 @@ def _bold_mask(rows: pd.DataFrame, columns: pd.Index, quality: str, higher: bool
     return bold
 
 
-def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, higher: bool) -> list[str]:
+def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, kind: str) -> list[str]:
+    higher = bool(rows["higher_is_better"].iloc[0])
+    sources = sorted(set(rows["memory_source"].dropna()))
     notes = [
-        "Pareto: on the front of quality against trainable parameters (params) or against peak memory (memory), "
-        "within the budget.",
-        "Peak mem: " + "; ".join(MEMORY_NOTES.get(s, str(s)) for s in sorted(set(rows["memory_source"].dropna()))) + ".",
+        "Method params: parameters the method adds or unfreezes, the task head excluded (Method %: of the model's "
+        "parameters, each tensor counted once); Trainable: every parameter the optimizer updates (method, head, and "
+        "a value model where one trains).",
+        f"Train peak {kind}: " + "; ".join(MEMORY_NOTES.get(s, str(s)) for s in sources) + ". Above load: that peak "
+        "minus the memory in use when training began (model loaded). Weights: bytes of the trained model's parameters "
+        "and buffers as stored (a 4-bit base at its packed size).",
+        "Pareto: on the front of quality against the method's own parameters (params) or against the training peak "
+        "memory (memory), within the budget.",
     ]
     if has_reference:
         notes.append(
             f"Δ: mean paired difference to {reference} over matching seeds "
             f"({'positive is better' if higher else 'negative is better'}); p (t): paired t-test; "
-            "p (W): Wilcoxon signed-rank, reported from 6 pairs."
+            "p (W): Wilcoxon signed-rank, reported from 6 non-zero paired differences."
         )
     else:
-        notes.append(f"No {reference} runs in this task, so no paired comparison (choose one with --reference).")
+        notes.append(f"No {reference} runs in this table, so no paired comparison (choose one with --reference).")
+    notes += _tuning_notes(rows)
+    notes += [f"{row.label}: left out {row.left_out}." for row in rows.itertuples() if row.left_out]
+    return notes
+
+
+def _tuning_notes(rows: pd.DataFrame) -> list[str]:
+    """Which seed tuned and which seeds were scored; a final that shares the tuning seed is named."""
     tuned = rows[rows["role"] == "final"]
-    if len(tuned):
-        notes.append("Tuned methods are reported by their finals: the best trial's configuration re-run per seed.")
+    if tuned.empty:
+        return []
+    tuning = sorted({s for seeds in tuned["tuning_seeds"].dropna() for s in seeds.split(",") if s}, key=int)
+    scored = sorted({s for seeds in tuned["seeds"].dropna() for s in seeds.split(",") if s}, key=int)
+    notes = [
+        "Tuned methods are reported by their finals: the best trial's configuration re-run per seed. "
+        f"Trials ran on seed {', '.join(tuning) or '?'}; finals were scored on seeds {', '.join(scored)}."
+    ]
+    for row in tuned.itertuples():
+        shared = set((row.seeds or "").split(",")) & set((row.tuning_seeds or "").split(",")) - {""}
+        if shared:
+            notes.append(
+                f"{row.label}: final seed {', '.join(sorted(shared, key=int))} is also a tuning seed (set explicitly), "
+                "so that final repeats the winning trial's draw and carries the selection's optimism."
+            )
     return notes
 
 
@@ -178,7 +230,7 @@ def latex_table(table: DisplayTable) -> str:
         hrules=True,
         column_format=alignment,
         caption=_latex_text(table.caption),
-        label=f"tab:{slug(table.task)}",
+        label=f"tab:{slug(table.title)}",
         position="t",
         position_float="centering",
     )
@@ -186,7 +238,7 @@ def latex_table(table: DisplayTable) -> str:
 
 
 def html_table(table: DisplayTable) -> str:
-    styler = table.cells.style.hide(axis="index").set_uuid(slug(table.task))  # stable ids: same records, same page
+    styler = table.cells.style.hide(axis="index").set_uuid(slug(table.title))  # stable ids: same records, same page
     styler = styler.apply(lambda _: table.bold.map(lambda b: "font-weight: bold" if b else ""), axis=None)
     return styler.set_caption(table.caption).set_table_attributes('class="results"').to_html()
 

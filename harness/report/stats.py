@@ -17,7 +17,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
-# Below six pairs a two-sided exact Wilcoxon test cannot reach p < 0.05 whatever the data, so it is not reported.
+# Below six non-zero differences a two-sided exact Wilcoxon test cannot reach p < 0.05 whatever the data, so it
+# is not reported. Zero differences do not count: the test (zero_method="wilcox", scipy's default) drops them.
 MIN_WILCOXON_PAIRS = 6
 
 
@@ -53,12 +54,14 @@ class PairedComparison:
     delta: float  # mean of (method - reference) over the seeds both have
     n_pairs: int
     p_ttest: float  # paired t-test, two-sided; NaN below 2 pairs or with zero variance of the differences
-    p_wilcoxon: float  # Wilcoxon signed-rank, two-sided; NaN below MIN_WILCOXON_PAIRS
+    p_wilcoxon: float  # Wilcoxon signed-rank, two-sided; NaN below MIN_WILCOXON_PAIRS non-zero differences
 
 
 def compare_paired(method_by_seed: dict[int, float], reference_by_seed: dict[int, float]) -> PairedComparison:
-    """Method against reference on the seeds both ran; unmatched seeds are left out, not imputed."""
-    seeds = sorted(set(method_by_seed) & set(reference_by_seed))
+    """Method against reference on the seeds both ran with a finite score; other seeds are left out, not imputed."""
+    seeds = sorted(
+        s for s in set(method_by_seed) & set(reference_by_seed) if _finite(method_by_seed[s]) and _finite(reference_by_seed[s])
+    )
     a = np.asarray([method_by_seed[s] for s in seeds], dtype=float)
     b = np.asarray([reference_by_seed[s] for s in seeds], dtype=float)
     n = len(seeds)
@@ -70,8 +73,8 @@ def compare_paired(method_by_seed: dict[int, float], reference_by_seed: dict[int
     if n >= 2 and float(differences.std(ddof=1)) > 0:
         p_t = float(scipy_stats.ttest_rel(a, b).pvalue)
     p_w = math.nan
-    if n >= MIN_WILCOXON_PAIRS and np.any(differences != 0):
-        p_w = float(scipy_stats.wilcoxon(a, b).pvalue)
+    if int(np.count_nonzero(differences)) >= MIN_WILCOXON_PAIRS:
+        p_w = float(scipy_stats.wilcoxon(a, b, zero_method="wilcox").pvalue)
     return PairedComparison(delta, n, p_t, p_w)
 
 

@@ -18,11 +18,14 @@ from typing import Any
 import pandas as pd
 
 from harness.report import stats
-from harness.report.table import GROUP_AXES
+from harness.report.table import GROUP_AXES, SETTING_AXES
 
-# Within one block (task, budget) every row is compared: bolding and Pareto fronts.
-BLOCK = ["task", "budget"]
-CELL = [*GROUP_AXES, "label", "cell"]
+# One display table per task and setting (hardware, library versions) and metric: a column never holds two
+# quantities, and runs from different settings are never averaged, paired or ranked together.
+DISPLAY = ["task", *SETTING_AXES, "metric"]
+# Within one block every row is compared: bolding and Pareto fronts.
+BLOCK = [*DISPLAY, "budget"]
+CELL = [*GROUP_AXES, *SETTING_AXES, "label", "cell"]
 EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log scale where the range is) sits on its edge
 
 
@@ -40,7 +43,12 @@ def load_study_summaries(results_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Successful records that measure a cell's quality: current finals, else plain runs."""
+    """Successful records that measure a cell's quality: current finals, else plain runs; one split per table.
+
+    A table reports the test split when any of its runs was scored on it,
+    else validation; a run without a score on that split is left out with a
+    note (``left_out``) rather than reported on another split.
+    """
     ok = frame[frame["status"] == "success"]
     finals = ok[ok["role"] == "final"]
     current = {f["run_id"] for s in studies.values() for f in s.get("finals", [])}
@@ -50,13 +58,31 @@ def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.
     runs = ok[ok["role"] == "run"]
     runs = runs[[tuple(r) not in tuned_groups for r in runs[GROUP_AXES].itertuples(index=False)]]
     chosen = pd.concat([finals, runs])
-    chosen = chosen.assign(quality=chosen["test"].where(chosen["test"].notna(), chosen["validation"]))
-    return chosen.assign(split=chosen["test"].notna().map({True: "test", False: "validation"}))
+    if chosen.empty:
+        return chosen.assign(split=pd.Series(dtype=str), quality=pd.Series(dtype=float), left_out=pd.Series(dtype=str))
+    has_test = chosen.groupby(DISPLAY, dropna=False)["test"].transform(lambda v: v.notna().any())
+    split = has_test.map({True: "test", False: "validation"})
+    quality = chosen["test"].where(has_test, chosen["validation"])
+    left_out = [_left_out(q, s) for q, s in zip(quality, split, strict=True)]
+    return chosen.assign(split=split, quality=quality, left_out=left_out)
 
 
-def summarize(chosen: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """One row per cell: mean, std, n and 95% CI over seeds, costs, paired test against the reference."""
-    rows = [_cell_row(cell, group) for cell, group in chosen.groupby(CELL, dropna=False, sort=False)]
+def _left_out(quality: Any, split: str) -> str | None:
+    """Why a run's score cannot enter its cell's statistics (None when it can): missing, NaN or infinite."""
+    try:
+        finite = quality is not None and math.isfinite(float(quality))
+    except (TypeError, ValueError):
+        finite = False
+    return None if finite else f"no finite {split} score"
+
+
+def summarize(chosen: pd.DataFrame, reference: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per cell: mean, std, n and 95% CI over seeds, costs, paired test against the reference.
+
+    ``frame`` (every record) supplies the seeds the tuned cells' trials ran on, for the report's note.
+    """
+    trial_seeds = _trial_seeds(frame)
+    rows = [_cell_row(cell, group, trial_seeds) for cell, group in chosen.groupby(CELL, dropna=False, sort=False)]
     summary = pd.DataFrame(rows)
     if summary.empty:
         return summary
@@ -64,11 +90,22 @@ def summarize(chosen: pd.DataFrame, reference: str) -> pd.DataFrame:
     summary = _add_pareto(summary)
     budget_order = summary.groupby("budget")["train_tokens"].mean().rank(method="first")
     summary["budget_rank"] = summary["budget"].map(budget_order)
-    return summary.sort_values(["task", "budget_rank", "trainable", "label"], ascending=[True, True, False, True])
+    return summary.sort_values(
+        [*DISPLAY, "budget_rank", "method_params", "label"], ascending=[True] * len(DISPLAY) + [True, False, True]
+    )
 
 
-def _cell_row(cell: tuple, group: pd.DataFrame) -> dict[str, Any]:
-    seeds = stats.summarize_seeds(group["quality"].tolist())
+def _trial_seeds(frame: pd.DataFrame | None) -> dict[str, list[int]]:
+    if frame is None or frame.empty:
+        return {}
+    trials = frame[(frame["role"] == "trial") & frame["study"].notna()]
+    return {study: sorted({int(s) for s in group["seed"]}) for study, group in trials.groupby("study")}
+
+
+def _cell_row(cell: tuple, group: pd.DataFrame, trial_seeds: dict[str, list[int]]) -> dict[str, Any]:
+    counted = group[group["left_out"].isna()]
+    seeds = stats.summarize_seeds(counted["quality"].tolist())
+    study = group["study"].iloc[0]
     return {
         **dict(zip(CELL, cell, strict=True)),
         "role": group["role"].iloc[0],
@@ -81,11 +118,18 @@ def _cell_row(cell: tuple, group: pd.DataFrame) -> dict[str, Any]:
         "n": seeds.n,
         "ci_low": seeds.ci_low,
         "ci_high": seeds.ci_high,
-        "seeds": ",".join(str(s) for s in sorted(group["seed"])),
+        "seeds": ",".join(str(s) for s in sorted(counted["seed"])),
+        "left_out": "; ".join(f"seed {r.seed} ({r.left_out})" for r in group.itertuples() if isinstance(r.left_out, str))
+        or None,
+        "tuning_seeds": ",".join(map(str, trial_seeds.get(study, []))) if isinstance(study, str) else None,
+        "method_params": int(group["method_params"].iloc[0]),
         "trainable": int(group["trainable"].iloc[0]),
         "total_params": int(group["total_params"].iloc[0]),
-        "trainable_pct": float(group["trainable_pct"].iloc[0]),
-        "peak_mem_mib": group["peak_mem_mib"].mean(),
+        "method_pct": float(group["method_pct"].iloc[0]),
+        "weights_mib": group["weights_mib"].mean(),
+        "train_peak_mib": group["train_peak_mib"].mean(),
+        "train_above_mib": group["train_above_mib"].mean(),
+        "eval_peak_mib": group["eval_peak_mib"].mean(),
         "memory_source": group["memory_source"].iloc[0],
         "train_s": group["train_s"].mean(),
         "tokens_per_s": group["tokens_per_s"].mean(),
@@ -94,23 +138,26 @@ def _cell_row(cell: tuple, group: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+# A reference cell is comparable when it matches on all of these (and differs in method).
+COMPARABLE = ["model", "task", "budget", "objective", *SETTING_AXES, "metric", "split"]
+
+
 def _add_comparisons(summary: pd.DataFrame, chosen: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Δ and p of each cell against the reference method's cell in the same model, task and budget."""
-    per_seed = {cell: dict(zip(g["seed"], g["quality"], strict=True)) for cell, g in chosen.groupby(CELL, sort=False)}
+    """Δ and p of each cell against the reference method's cell in the same model, task, budget and setting."""
+    counted = chosen[chosen["left_out"].isna()]
+    per_seed = {cell: dict(zip(g["seed"], g["quality"], strict=True)) for cell, g in counted.groupby(CELL, sort=False)}
     results = []
     for row in summary.itertuples(index=False):
-        references = summary[
-            (summary["model"] == row.model)
-            & (summary["task"] == row.task)
-            & (summary["budget"] == row.budget)
-            & (summary["method"] == reference)
-            & (summary["objective"] == row.objective)
-        ]
+        match = pd.Series(True, index=summary.index)
+        for key in COMPARABLE:
+            match &= summary[key] == getattr(row, key)
+        references = summary[match & (summary["method"] == reference)]
         if row.method == reference or len(references) != 1:
             results.append(stats.PairedComparison(math.nan, 0, math.nan, math.nan))
             continue
         ref_cell = tuple(references[CELL].iloc[0])
-        results.append(stats.compare_paired(per_seed[tuple(getattr(row, c) for c in CELL)], per_seed[ref_cell]))
+        mine = per_seed.get(tuple(getattr(row, c) for c in CELL), {})
+        results.append(stats.compare_paired(mine, per_seed.get(ref_cell, {})))
     return summary.assign(
         delta=[r.delta for r in results],
         n_pairs=[r.n_pairs for r in results],
@@ -121,13 +168,13 @@ def _add_comparisons(summary: pd.DataFrame, chosen: pd.DataFrame, reference: str
 
 
 def _add_pareto(summary: pd.DataFrame) -> pd.DataFrame:
-    """Pareto membership within each block: fewest trainable parameters / least memory for the quality."""
+    """Pareto membership within each block: fewest method parameters / least training memory for the quality."""
     summary = summary.copy()
     summary["pareto_params"] = False
     summary["pareto_memory"] = False
     for _, block in summary.groupby(BLOCK, sort=False):
         higher = bool(block["higher_is_better"].iloc[0])
-        for cost, column in (("trainable", "pareto_params"), ("peak_mem_mib", "pareto_memory")):
+        for cost, column in (("method_params", "pareto_params"), ("train_peak_mib", "pareto_memory")):
             front = stats.pareto_front(block[cost].tolist(), block["mean"].tolist(), higher)
             summary.loc[block.index, column] = front
     return summary
@@ -161,6 +208,8 @@ def tuning_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.D
                 "best_value": best.get("value"),
                 "best_params": params_text(best.get("params") or {}),
                 "on_edge": ", ".join(edge_params(best.get("params") or {}, (summary.get("search") or {}).get("space") or {})),
+                "tuning_seed": summary.get("tuning_seed"),
+                "final_seeds": ",".join(map(str, summary.get("final_seeds") or [])) or None,
                 "tuning_train_s": cost.get("train_seconds"),
                 "tuning_eval_s": cost.get("eval_seconds"),
                 "tuning_tokens": cost.get("train_tokens"),

@@ -24,6 +24,10 @@ from harness.records import NON_IDENTITY_KEYS, load_records
 
 # Cell axes that every report groups by; a variant label separates cells within one of these groups.
 GROUP_AXES = ["model", "task", "method", "budget"]
+# Runs that differ in these are never averaged, paired or ranked together: the hardware sets what memory
+# and time mean, and a library upgrade alone can move scores by points.
+SETTING_AXES = ["hardware", "software"]
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "trl")
 NOT_CELL_KEYS = ("seed", "role", "tuning", *NON_IDENTITY_KEYS)
 QUICK_COLUMNS = [
     "task",
@@ -37,9 +41,9 @@ QUICK_COLUMNS = [
     "metric",
     "validation",
     "test",
+    "method_params",
     "trainable",
-    "trainable_pct",
-    "peak_mem_mib",
+    "train_peak_mib",
     "train_s",
     "tokens_per_s",
 ]
@@ -56,7 +60,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
     primary, params = record.get("primary_metric") or {}, record.get("params") or {}
-    memory, time_, compute = record.get("memory") or {}, record.get("time") or {}, record.get("compute") or {}
+    memory, time_, compute = _memory(record), record.get("time") or {}, record.get("compute") or {}
     tuning, config = record.get("tuning") or {}, record.get("config") or {}
     return {
         "run_id": record.get("run_id"),
@@ -74,17 +78,24 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "trial": tuning.get("trial"),
         "tuned_params": json.dumps(tuning.get("params"), sort_keys=True) if tuning.get("params") else None,
         "lr": (config.get("method") or {}).get("lr"),
-        "cell": tuning.get("study") or _config_cell(config),
+        "cell": tuning.get("study") or _config_cell(config, record.get("data_sha256")),
         "metric": primary.get("name"),
         "higher_is_better": primary.get("higher_is_better"),
         "validation": primary.get("validation"),
         "test": primary.get("test"),
+        "method_params": params.get("method", params.get("trainable")),
+        "head_params": params.get("head"),
         "trainable": params.get("trainable"),
         "total_params": params.get("total"),
-        "trainable_pct": params.get("trainable_percent"),
-        "peak_mem_mib": _memory_mib(memory),
+        "method_pct": params.get("method_percent", params.get("trainable_percent")),
+        "train_peak_mib": _mib(memory.get("train_peak_bytes")),
+        "train_above_mib": _mib(memory.get("train_peak_above_baseline_bytes")),
+        "eval_peak_mib": _mib(memory.get("eval_peak_bytes")),
+        "weights_mib": _mib(memory.get("weights_bytes")),
         "memory_source": memory.get("source"),
         "device": memory.get("device"),
+        "hardware": hardware(record),
+        "software": software(record),
         "train_s": time_.get("train_seconds"),
         "eval_s": time_.get("eval_seconds"),
         "tokens_per_s": time_.get("train_tokens_per_second"),
@@ -95,12 +106,32 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _memory_mib(memory: dict[str, Any]) -> float | None:
-    """On CUDA the allocator's absolute peak (weights included, so 4-bit bases show their saving);
-    on CPU the peak RSS growth during training, since absolute RSS mostly measures the Python runtime."""
-    key = "peak_bytes" if memory.get("device") == "cuda" else "peak_above_baseline_bytes"
-    value = memory.get(key)
+def _mib(value: float | None) -> float | None:
     return value / 2**20 if value is not None else None
+
+
+def _memory(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's memory section; a schema-1 record's single window (evaluation included) read as the training one."""
+    memory = dict(record.get("memory") or {})
+    if record.get("schema_version", 1) < 2 and memory:
+        memory["train_peak_bytes"] = memory.get("peak_bytes")
+        memory["train_peak_above_baseline_bytes"] = memory.get("peak_above_baseline_bytes")
+    return memory
+
+
+def hardware(record: dict[str, Any]) -> str:
+    """``CPU`` or ``GPU (<model>)``: what memory and time were measured on."""
+    environment = record.get("environment") or {}
+    device = (record.get("memory") or {}).get("device") or environment.get("device")
+    if device == "cuda":
+        return f"GPU ({environment.get('gpu') or 'unknown model'})"
+    return "CPU" if device == "cpu" else str(device or "unknown device")
+
+
+def software(record: dict[str, Any]) -> str:
+    """The versions of the libraries that train and wrap the model, e.g. ``torch 2.13.0, peft 0.21.2, ...``."""
+    packages = (record.get("environment") or {}).get("packages") or {}
+    return ", ".join(f"{name} {packages.get(name) or '?'}" for name in VERSIONED_PACKAGES)
 
 
 def _cell_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +141,10 @@ def _cell_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _config_cell(config: dict[str, Any]) -> str:
-    canonical = json.dumps(_cell_config(config), sort_keys=True, default=str)
+def _config_cell(config: dict[str, Any], data_sha256: Any) -> str:
+    """An untuned cell: the config without seed and output keys, and the data it ran on (same config, other data:
+    another cell)."""
+    canonical = json.dumps({"config": _cell_config(config), "data": data_sha256}, sort_keys=True, default=str)
     return "config#" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

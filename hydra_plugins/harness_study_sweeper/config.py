@@ -27,7 +27,10 @@ class StudySweeperConf:
     # Seeds of the final runs of each cell's best parameters (scored on the test split).
     # `seed=0,1,2` on the command line replaces this list.
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    # Seed of every tuning trial; null = the first of `seeds`.
+    # Seed of every tuning trial. null = 1000, a seed no final uses: a final that
+    # shared the tuning seed would repeat the winning trial's lucky draw, and that
+    # optimism would enter the reported test mean. Setting it to one of `seeds`
+    # is allowed (explicitly only) and is stated in the report.
     tuning_seed: Optional[int] = None
     # Optuna storage: null = sqlite:///<results_dir>/optuna.db; any RDB URL
     # (postgresql://... for clusters) or journal:<path> for shared file systems.

@@ -30,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger("harness.study")
 # Keys the sweeper sets on every job; a user value would be silently replaced.
 SWEEPER_KEYS = ("role", "tuning")
+# The trials' seed unless hydra.sweeper.tuning_seed says otherwise: one no final uses (see config.py).
+DEFAULT_TUNING_SEED = 1000
 
 
 @dataclass
@@ -66,6 +68,7 @@ class StudySweeper(Sweeper):
         self.launcher = None
         self.job_idx = 0
         self.storages: dict[str, Any] = {}  # one Optuna storage per URL, opened while planning
+        self.tuning_seed = DEFAULT_TUNING_SEED
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -94,7 +97,28 @@ class StudySweeper(Sweeper):
                 kept.append(override)
         if not seeds:
             raise ConfigError("hydra.sweeper.seeds", "must list at least one seed for the final runs")
+        self.tuning_seed = self._tuning_seed(seeds)
         return kept, seeds
+
+    def _tuning_seed(self, seeds: list[int]) -> int:
+        """The trials' seed: by default one no final uses, so no reported test score repeats the draw that won
+        the selection; a final seed only when the user sets it so (warned here, stated in the report)."""
+        from harness.config import ConfigError
+
+        explicit = self.params.tuning_seed
+        seed = DEFAULT_TUNING_SEED if explicit is None else explicit
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError("hydra.sweeper.tuning_seed", f"must be an integer or null (got {seed!r})")
+        if seed in seeds and explicit is None:
+            raise ConfigError(
+                "hydra.sweeper.seeds",
+                f"includes {seed}, the default tuning seed; a final on the tuning seed repeats the winning trial's "
+                "draw, so set hydra.sweeper.tuning_seed to a seed no final uses",
+            )
+        if seed in seeds:
+            log.warning("tuning seed %d is also a final seed (set explicitly): that final repeats the winning "
+                        "trial's draw; the report says so", seed)
+        return seed
 
     def _plan(self, arguments: list[str]) -> tuple[list[Cell], list[int]]:
         """Compose and validate every cell before anything trains: a typo in the last cell costs seconds."""
@@ -143,7 +167,7 @@ class StudySweeper(Sweeper):
         self._storage(storage_url)
         coordinates = study.cell_coordinates(cfg, axes)
         name = study.study_name(cfg, coordinates, [*space.distributions, *space.derive])
-        return Cell(overrides, coordinates, cfg, space, name, storage_url, study.direction(cfg.task))
+        return Cell(overrides, coordinates, cfg, space, name, storage_url, study.direction(cfg))
 
     def _storage(self, url: str):
         from harness import study
@@ -164,7 +188,8 @@ class StudySweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("study sweep: %d cells x %d trials, finals over seeds %s", len(cells), self.params.n_trials, seeds)
+        log.info("study sweep: %d cells x %d trials on seed %d, finals over seeds %s", len(cells), self.params.n_trials,
+                 self.tuning_seed, seeds)
         summaries = [self._run_cell(cell, seeds) for cell in cells]
         for summary in summaries:
             log.info("%s", _describe(summary))
@@ -207,7 +232,8 @@ class StudySweeper(Sweeper):
         study.set_user_attr("search", cell.space.describe())
         self._tune(cell, study)
         finals = self._finals(cell, study, seeds)
-        summary = study_stage.cell_summary(study, cell.axes, cell.space.describe(), finals, cell.cfg.results_dir)
+        seeds_used = {"tuning_seed": self.tuning_seed, "final_seeds": seeds}
+        summary = study_stage.cell_summary(study, cell.axes, cell.space.describe(), finals, cell.cfg.results_dir, seeds_used)
         study_stage.write_summary(cell.cfg.results_dir, summary)
         return summary
 
@@ -227,7 +253,7 @@ class StudySweeper(Sweeper):
 
     def _trial_job(self, cell: Cell, number: int, trial_id: int, params: dict[str, Any]) -> Job:
         assignments = cell.space.assignments(params)
-        seed = self.params.tuning_seed if self.params.tuning_seed is not None else self.params.seeds[0]
+        seed = self.tuning_seed
         pruner = OmegaConf.to_container(self.params.pruner) if self.params.pruner is not None else None
         overrides = self._job_overrides(
             cell, assignments, "trial", seed, trial=number, trial_id=trial_id, storage=cell.storage_url, pruner=pruner
