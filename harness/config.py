@@ -168,10 +168,19 @@ def _check_readable(key: str, path: str) -> None:
         raise ConfigError(key, f"file is not readable: {path}")
 
 
+def metrics_for(task_type: str) -> list[str]:
+    """The metrics a task of this type can be scored by: classification from predicted labels, generative
+    tasks from generations, preference pairs or the trainer's held-out loss."""
+    from harness.metrics import PREFERENCE_METRICS, available_metrics
+
+    if task_type == "classification":
+        return [*(m for m in available_metrics() if m not in (*PREFERENCE_METRICS, "exact_match")), *TRAINER_METRICS]
+    generative = ["exact_match", *TRAINER_METRICS]
+    return [*generative, *PREFERENCE_METRICS] if task_type == "preference" else generative
+
+
 def validate_task(task: DictConfig) -> None:
     """Task spec shape, metric names, and that any local data file can be read."""
-    from harness.metrics import available_metrics
-
     _require_choice("task.type", task.get("type"), TASK_TYPES)
     sources = [k for k in ("generator", "hub_id", "data_files", "data_dir") if task.get(k)]
     if not sources:
@@ -181,8 +190,9 @@ def validate_task(task: DictConfig) -> None:
     names = [m.get("name") for m in task.get("metrics") or []]
     if not names:
         raise ConfigError("task.metrics", "must list at least one {name, higher_is_better}")
+    allowed = metrics_for(task.type)
     for i, name in enumerate(names):
-        _require_choice(f"task.metrics[{i}].name", name, [*available_metrics(), *TRAINER_METRICS])
+        _require_choice(f"task.metrics[{i}].name", name, allowed)
     _require_choice("task.primary_metric", task.get("primary_metric"), names)
     for key in TASK_COLUMN_KEYS[task.type]:
         if key == "prompt_column" and (task.get("prompt_template") or task.get("shared_prompt_marker")):

@@ -43,6 +43,7 @@ RSS_SAMPLE_INTERVAL_S = 0.02
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_PEAK_RSS = "5"  # proc(5): writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
+RESET_TOLERANCE_KIB = 4 * 1024  # what the process may map between the reset and the reading
 
 
 def parameter_count(parameter: torch.Tensor) -> int:
@@ -181,13 +182,16 @@ class PeakProbe(ABC):
 
 
 class CudaAllocatorProbe(PeakProbe):
-    """The CUDA caching allocator's own counters: bytes of live tensors, and their peak."""
+    """The CUDA caching allocator's own counters: bytes of live tensors, and their peak.
+
+    ``reserved_peak`` is the allocator's reserved (cached) peak of the same
+    window: what the device actually had to provide.
+    """
 
     source = "cuda_max_memory_allocated"
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.reserved_peak = 0
 
     def current(self) -> int:
         torch.cuda.synchronize(self.device)
@@ -195,12 +199,15 @@ class CudaAllocatorProbe(PeakProbe):
 
     def reset(self) -> None:
         torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak(self) -> int:
         torch.cuda.synchronize(self.device)
-        self.reserved_peak = max(self.reserved_peak, torch.cuda.max_memory_reserved(self.device))
         return torch.cuda.max_memory_allocated(self.device)
+
+    def reserved_peak(self) -> int:
+        return torch.cuda.max_memory_reserved(self.device)
 
 
 def _status_kib(field: str) -> int:
@@ -220,12 +227,14 @@ class KernelHighWaterMarkProbe(PeakProbe):
 
     @staticmethod
     def available() -> bool:
+        """A kernel that accepts the reset and honours it: right after it, the peak is the current RSS
+        (a sandbox that ignores the write would leave the lifetime peak, model loading included)."""
         try:
-            _status_kib("VmHWM")
             PROC_CLEAR_REFS.write_text(RESET_PEAK_RSS)
+            peak, now = _status_kib("VmHWM"), _status_kib("VmRSS")
         except OSError:
             return False
-        return True
+        return peak - now <= RESET_TOLERANCE_KIB
 
     def current(self) -> int:
         return _status_kib("VmRSS") * 1024
@@ -247,6 +256,7 @@ class SampledRssProbe(PeakProbe):
 
     def __init__(self):
         self.process = psutil.Process()
+        self._lock = threading.Lock()  # a sample taken before a reset must not land after it
         self._peak = self.current()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -254,17 +264,20 @@ class SampledRssProbe(PeakProbe):
 
     def _sample(self) -> None:
         while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
-            self._peak = max(self._peak, self.current())
+            with self._lock:
+                self._peak = max(self._peak, self.current())
 
     def current(self) -> int:
         return self.process.memory_info().rss
 
     def reset(self) -> None:
-        self._peak = self.current()
+        with self._lock:
+            self._peak = self.current()
 
     def peak(self) -> int:
-        self._peak = max(self._peak, self.current())
-        return self._peak
+        with self._lock:
+            self._peak = max(self._peak, self.current())
+            return self._peak
 
     def close(self) -> None:
         self._stop.set()
@@ -290,8 +303,10 @@ class MemoryMeter:
     window per phase: entering a phase folds the probe's peak into the phase
     being left and resets the probe. Both phases are measured against the same
     baseline: memory in use when training begins (model loaded, freed memory
-    handed back). Before a training window resumes, heap freed by evaluation
-    goes back to the kernel so that it is not counted as training memory.
+    handed back). Every window opens with freed heap handed back to the kernel
+    (freed CUDA blocks to the device), so a window counts the memory in use
+    when it opens plus what it allocates, not what the other phase freed:
+    an evaluation during training still holds the optimizer state, which is in use.
     """
 
     def __init__(self, device: torch.device):
@@ -299,6 +314,7 @@ class MemoryMeter:
         self.probe: PeakProbe | None = None
         self.baseline_bytes: int | None = None
         self.peak_bytes: dict[str, int | None] = dict.fromkeys(PHASES)
+        self.reserved_peak_bytes: dict[str, int | None] = dict.fromkeys(PHASES)
         self.phase: str | None = None
 
     @property
@@ -318,9 +334,11 @@ class MemoryMeter:
         if self.probe is None:
             return
         if self.phase is not None:
-            peak = self.probe.peak()
-            self.peak_bytes[self.phase] = max(self.peak_bytes[self.phase] or 0, peak)
-        if phase == "train" and self.device.type == "cpu":
+            self.peak_bytes[self.phase] = max(self.peak_bytes[self.phase] or 0, self.probe.peak())
+            if isinstance(self.probe, CudaAllocatorProbe):
+                reserved = self.probe.reserved_peak()
+                self.reserved_peak_bytes[self.phase] = max(self.reserved_peak_bytes[self.phase] or 0, reserved)
+        if phase is not None and self.device.type == "cpu":
             trim_heap()
         self.probe.reset()
         self.phase = phase
@@ -348,7 +366,7 @@ class MemoryMeter:
             out[f"{phase}_peak_bytes"] = peak
             above = None if peak is None or self.baseline_bytes is None else max(0, peak - self.baseline_bytes)
             out[f"{phase}_peak_above_baseline_bytes"] = above
-        out["cuda_reserved_peak_bytes"] = getattr(self.probe, "reserved_peak", None)
+            out[f"{phase}_cuda_reserved_peak_bytes"] = self.reserved_peak_bytes[phase]
         return out
 
 
@@ -404,7 +422,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     revision = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # A new, uncommitted config counts; run outputs (results/, committed examples included) do not.
+    status = _git("status", "--porcelain", "--untracked-files=normal", "--", ".", ":(exclude)results")
     return {
         "host": platform.node(),
         "pid": os.getpid(),  # which worker ran it, when a launcher spreads a sweep over processes or nodes

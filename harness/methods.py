@@ -201,11 +201,15 @@ def method_callbacks(model: nn.Module) -> list[Any]:
     return [RankAllocation()] if adalora_models(model) else []
 
 
-def rank_allocation(model: nn.Module) -> dict[str, Any] | None:
-    """AdaLoRA's final rank per adapted module, from the trained singular values (a masked triplet is zero).
+def rank_allocation(model: nn.Module, optimizer_steps: int | None = None, loss_from_model: bool = True) -> dict[str, Any] | None:
+    """AdaLoRA's final rank per adapted module, as its allocator last set it (PEFT's ``rank_pattern``).
 
-    The record lists it with the schedule it followed, so a reader sees that
-    the budget was reallocated and where it went.
+    The record lists it with the schedule it followed and whether training ran
+    to the schedule's end (a token or time stop can cut it short), so a reader
+    sees that the budget was reallocated and where it went. PEFT adds AdaLoRA's
+    orthogonality penalty to the model's own loss; objectives that compute
+    their own loss from the logits (DPO, reward, PPO, RLOO, GRPO) train without
+    it, and the record says which.
     """
     tuners = adalora_models(model)
     if not tuners:
@@ -213,16 +217,24 @@ def rank_allocation(model: nn.Module) -> dict[str, Any] | None:
     ranks: dict[str, int] = {}
     schedule: dict[str, Any] = {}
     for path, tuner in tuners:
-        config = tuner.peft_config[tuner.trainable_adapter_name]
-        suffix = f".lora_E.{tuner.trainable_adapter_name}"
+        adapter = tuner.trainable_adapter_name
+        config = tuner.peft_config[adapter]
+        pattern = config.rank_pattern or {}
         owner = path.removesuffix("base_model").rstrip(".")  # "" for a PEFT model, "policy"/"value" inside PPO's pair
+        suffix = f".lora_E.{adapter}"
         for name, parameter in tuner.named_parameters():
-            if name.endswith(suffix):
-                module = ".".join(p for p in (owner, name[: -len(suffix)].removeprefix("model.")) if p)
-                ranks[module] = int((parameter.detach() != 0).sum())
+            if not name.endswith(suffix):
+                continue
+            inner = name.removeprefix("model.")  # the allocator names parameters within the tuner's model
+            module = ".".join(p for p in (owner, inner[: -len(suffix)]) if p)
+            mask = pattern.get(inner, pattern.get(inner.replace(f".{adapter}", "")))
+            ranks[module] = int(sum(mask)) if mask is not None else int(parameter.shape[0])
         schedule = {k: getattr(config, k) for k in ("init_r", "target_r", "tinit", "tfinal", "deltaT", "total_step")}
     return {
         **schedule,
+        "optimizer_steps": optimizer_steps,
+        "schedule_completed": optimizer_steps is not None and optimizer_steps >= schedule["total_step"],
+        "orthogonal_penalty": "in the model's loss (PEFT)" if loss_from_model else "absent: the objective computes its own loss",
         "modules": len(ranks),
         "initial_rank_budget": schedule["init_r"] * len(ranks),
         "target_rank_budget": schedule["target_r"] * len(ranks),

@@ -227,8 +227,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
             **fitted.memory.as_record(),
             "device": device.type,
             "gpu": record["environment"]["gpu"],
-            "weights_bytes": measure.tensor_bytes(trainer.model),
-            "frozen_models_bytes": measure.tensor_bytes(*fitted.frozen_models),
+            **_weights(record["memory"], trainer.model, fitted.frozen_models),
             "quantization": models.quantization_of(cfg),
             **settings,
         },
@@ -240,7 +239,9 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         },
         compute=spent,
         learning_curve=fitted.budget.learning_curve,
-        rank_allocation=methods.rank_allocation(trainer.model),
+        rank_allocation=methods.rank_allocation(
+            trainer.model, _allocator_steps(trainer), prepared.objective.loss_from_model
+        ),
         trained_bytes=_save_trained(trainer.model, artifact_dir),
         artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
         training={
@@ -258,6 +259,20 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
     record["primary_metric"].update(
         validation=record["metrics"]["validation"].get(name), test=record["metrics"]["test"].get(name)
     )
+
+
+def _allocator_steps(trainer) -> int | None:
+    """Optimizer steps AdaLoRA's allocator saw (None when the run had no allocator)."""
+    allocators = [c for c in trainer.callback_handler.callbacks if isinstance(c, methods.RankAllocation)]
+    return allocators[0].optimizer_steps if allocators else None
+
+
+def _weights(at_wrap: dict[str, int], trained, frozen_models: list[Any]) -> dict[str, int]:
+    """The evaluated model's bytes and an auxiliary model's (taken when the method wrapped them), and the
+    frozen copies held beside them: references, reward models, TRL's "ref" adapter (all the rest)."""
+    held = measure.tensor_bytes(trained, *frozen_models)
+    own = at_wrap["weights_bytes"] + at_wrap["auxiliary_weights_bytes"]
+    return {**at_wrap, "frozen_models_bytes": max(0, held - own), "held_weights_bytes": held}
 
 
 def _write_samples(prepared: PreparedRun, samples: list[dict[str, Any]]) -> str | None:

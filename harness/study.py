@@ -84,14 +84,21 @@ def cell_coordinates(cell_cfg: DictConfig, swept: dict[str, str]) -> dict[str, s
     return {**coordinates, **{k: v for k, v in swept.items() if k not in GROUP_AXES}}
 
 
-def study_name(cell_cfg: DictConfig, coordinates: dict[str, str], tuned_keys: list[str]) -> str:
-    """``model/task/method/budget[,key=value]#hash``: readable, and new when any fixed setting changes."""
+def study_name(
+    cell_cfg: DictConfig, coordinates: dict[str, str], tuned_keys: list[str], tuning: dict[str, Any] | None = None
+) -> str:
+    """``model/task/method/budget[,key=value]#hash``: readable, and new when any fixed setting changes.
+
+    ``tuning`` holds what else the trials share (their seed, the data's content hash): a study resumed
+    under another tuning seed or on changed data is another study, not a top-up of the old one.
+    """
     identity = records.identity_config(cell_cfg)
     for key in ("seed", "role", "tuning"):
         identity.pop(key, None)
     for key in tuned_keys:
         identity.get("method", {}).pop(key, None)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    canonical = json.dumps({"config": identity, "tuning": tuning or {}}, sort_keys=True, default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
     readable = "/".join(coordinates[g] for g in GROUP_AXES)
     extra = "".join(f",{k}={v}" for k, v in coordinates.items() if k not in GROUP_AXES)
     return f"{readable}{extra}#{digest}"

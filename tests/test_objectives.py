@@ -159,6 +159,24 @@ def test_ppo_with_the_reward_model_of_a_reward_run(tmp_path):
                                           r"model its record describes: 1 tensors missing .*, 1 unexpected \['stray.weight'\]$"):
         build_objective(cfg)
 
+
+def test_a_full_fine_tuned_reward_model_with_a_foreign_tensor_is_refused(tmp_path):
+    """The trained.safetensors path (full, bitfit, bottleneck adapters): exactly the tensors that trained."""
+    from safetensors.torch import load_file, save_file
+
+    reward = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=reward", "method=bitfit", "keep_artifacts=true")
+    assert reward.returncode == 0, reward.stderr[-3000:]
+    (record,) = records.load_records(tmp_path)
+    cfg = compose_config([*TINY_LM, "task=arithmetic_pref", "objective=ppo", "method=lora", "objective.reward=model",
+                          f"objective.reward_run={record['run_id']}", f"results_dir={tmp_path}"])
+    build_objective(cfg)  # as saved: accepted
+    checkpoint = Path(record["artifact_dir"]) / "trained.safetensors"
+    state = load_file(str(checkpoint))
+    save_file({**state, "model.embed_tokens.weight": next(iter(state.values())).clone()}, str(checkpoint))  # frozen
+    with pytest.raises(ConfigError, match=r"trained.safetensors does not match the reward model its record describes: "
+                                          r"0 tensors missing \[\], 1 unexpected \['model.embed_tokens.weight'\]$"):
+        build_objective(cfg)
+
 @pytest.mark.parametrize("objective", ["ppo", "rloo", "grpo"])
 def test_online_rl_refuses_a_missing_reward_run_before_loading_anything(tmp_path, objective):
     cfg = compose_config([*TINY_LM, "task=arithmetic_pref", f"objective={objective}", "objective.reward=model",
@@ -237,7 +255,33 @@ def test_methods_with_their_own_constraints_train_a_decoder(make_cfg, objective,
         assert allocation["total_step"] == updates
         assert allocation["final_rank_budget"] < allocation["initial_rank_budget"]
         owners = {name.split(".")[0] for name in allocation["ranks"]}
-        assert owners == ({"policy", "value"} if objective == "ppo" else {"model"})
+        assert owners == ({"policy", "value"} if objective == "ppo" else {"model"})  # PPO's two tuners, named
+        assert allocation["schedule_completed"] and allocation["optimizer_steps"] == updates
+        assert allocation["orthogonal_penalty"].startswith("absent")  # DPO and PPO compute their own loss
+
+
+@pytest.mark.parametrize("objective", ["dpo", "ppo"])
+def test_generation_and_pair_scoring_count_as_evaluation_memory(make_cfg, monkeypatch, objective):
+    """Every held-out pass allocates 1.5 GiB: the evaluation peak must show it, the training peak must not
+    (the trainers' own evaluate, GenerationEvalMixin's and PPO's, run inside the evaluation window)."""
+    import torch
+
+    from harness.cli import run_one
+    from harness.objectives import generation
+
+    original = generation.exact_match
+
+    def hungry(*args, **kwargs):
+        block = torch.ones(1536 * 2**20 // 4)
+        del block
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "exact_match", hungry)
+    record = run_one(make_cfg(*TINY_LM, "task=arithmetic_pref", f"objective={objective}", "method=lora"))
+    assert record["status"] == "success", record.get("error")
+    memory = record["memory"]
+    assert memory["eval_peak_above_baseline_bytes"] >= 1536 * 2**20
+    assert memory["train_peak_above_baseline_bytes"] < 1536 * 2**20 * 0.9
 
 
 @pytest.mark.slow  # about 40 s

@@ -66,9 +66,14 @@ def test_record_schema(make_cfg):
     memory = record["memory"]
     assert memory["source"] == "linux_vmhwm" and memory["device"] == "cpu" and memory["gpu"] is None
     for phase in ("train", "eval"):
-        assert memory[f"{phase}_peak_bytes"] >= memory["baseline_bytes"] > memory["weights_bytes"] > 0
+        assert memory[f"{phase}_peak_bytes"] >= memory["baseline_bytes"] > 0
         above = memory[f"{phase}_peak_bytes"] - memory["baseline_bytes"]
         assert memory[f"{phase}_peak_above_baseline_bytes"] == above
+    # fp32 weights: 4 bytes a parameter, the head's frozen original (kept by PEFT) included, plus BERT's two
+    # int64 index buffers of 512 positions; nothing else is held beside the model
+    params = record["params"]
+    assert memory["weights_bytes"] == 4 * (params["total"] + params["head"]) + 2 * 8 * 512
+    assert memory["auxiliary_weights_bytes"] == 0 and memory["frozen_models_bytes"] == 0
     assert {"optimizer", "precision"} <= set(memory)
     assert record["rank_allocation"] is None
     assert record["time"]["train_seconds"] > 0 and record["time"]["eval_seconds"] > 0

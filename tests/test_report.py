@@ -438,18 +438,20 @@ def test_cpu_and_gpu_runs_are_never_averaged_ranked_or_put_on_one_front(tmp_path
     for record in gpu:
         record["primary_metric"]["test"] -= 0.5  # a GPU run scoring far lower must not move the CPU figures
     cells = summary.summarize(summary.quality_rows(table.records_frame([*cpu, *gpu]), {}), "full")
-    assert sorted(cells["hardware"]) == ["CPU", "CPU", "GPU (NVIDIA H200)", "GPU (NVIDIA H200)"]
+    cpu_label, gpu_label = "CPU (Test CPU, 2 cores)", "GPU (NVIDIA H200)"
+    assert sorted(cells["hardware"]) == [cpu_label, cpu_label, gpu_label, gpu_label]
     by = cells.set_index(["hardware", "method"])
-    assert by.loc[("CPU", "lora"), "mean"] == pytest.approx(sum(ACCURACY["lora"]) / 3) and by.loc[("CPU", "lora"), "n"] == 3
-    assert by.loc[("GPU (NVIDIA H200)", "lora"), "delta"] == pytest.approx(by.loc[("CPU", "lora"), "delta"])
+    assert by.loc[(cpu_label, "lora"), "mean"] == pytest.approx(sum(ACCURACY["lora"]) / 3)
+    assert by.loc[(cpu_label, "lora"), "n"] == 3
+    assert by.loc[(gpu_label, "lora"), "delta"] == pytest.approx(by.loc[(cpu_label, "lora"), "delta"])
     tables = render.display_tables(cells, "full")
-    assert [t.title for t in tables] == ["toy_sentiment · CPU", "toy_sentiment · GPU (NVIDIA H200)"]
+    assert [t.title for t in tables] == [f"toy_sentiment · {cpu_label}", f"toy_sentiment · {gpu_label}"]
     assert "Train peak RSS (MiB)" in tables[0].cells.columns and "Train peak CUDA (MiB)" in tables[1].cells.columns
     assert "CUDA allocator" in " ".join(tables[1].notes) and "VmHWM" in " ".join(tables[0].notes)
     results = tmp_path / "results"
     write_records(results, [*cpu, *gpu])
     assert cli.main([str(results), "--formats", "md"]) == 0
-    assert "warning: toy_sentiment: runs from 2 devices (CPU | GPU (NVIDIA H200))" in capsys.readouterr().err
+    assert f"warning: toy_sentiment: runs from 2 devices ({cpu_label} | {gpu_label})" in capsys.readouterr().err
 
 
 def test_runs_of_different_library_versions_are_kept_apart_with_a_warning(tmp_path, capsys):
@@ -505,3 +507,27 @@ def test_the_params_front_uses_the_methods_own_count_so_a_head_probe_sits_at_zer
     assert cli.main([str(results), "--formats", "md"]) == 0  # a zero on the log axis is drawn (symlog)
     markdown = (results / "report" / "report.md").read_text()
     assert "Method params: parameters the method adds or unfreezes, the task head excluded" in markdown
+
+
+def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_supersedes_them():
+    """A schema-1 record measured one window with evaluation in it and counted the head as trainable: none of that
+    is what 'Train peak' or 'Method params' now say. Rerun into the same folder, the new record (another run_id)
+    replaces it instead of doubling n."""
+    old = standard_records({"full": None, "lora": None})
+    for record in old:
+        record.update(schema_version=1, finished_at="2026-11-01T00:00:00+00:00",
+                      params={"trainable": 40_770, "total": 22_700_770, "trainable_percent": 0.18},
+                      memory={"source": "process_rss_sampled_20ms", "device": "cpu", "peak_bytes": 2**31,
+                              "peak_above_baseline_bytes": 2**29})
+        record["primary_metric"]["test"] -= 0.3
+    frame = table.records_frame(old)
+    assert frame["train_peak_mib"].isna().all() and frame["method_params"].isna().all()
+    cells = summary.summarize(summary.quality_rows(frame, {}), "full").set_index("method")
+    assert cells["train_peak_mib"].isna().all() and not cells["pareto_memory"].any()
+    assert set(cells["memory_source"]) == {"none"}  # kept apart from schema-2 runs, which all have a source
+    new = [{**r, "finished_at": "2026-12-01T00:00:00+00:00"} for r in standard_records({"full": None, "lora": None})]
+    earlier = [{**r, "run_id": r["run_id"][::-1], "finished_at": "2026-11-20T00:00:00+00:00",
+                "primary_metric": {**r["primary_metric"], "test": 0.1}} for r in new]  # same experiment, older id
+    current = summary.summarize(summary.quality_rows(table.records_frame([*old, *earlier, *new]), {}), "full")
+    current = current[current["memory_source"] == "linux_vmhwm"].set_index("method")
+    assert current.loc["lora", "n"] == 3 and current.loc["lora", "mean"] == pytest.approx(sum(ACCURACY["lora"]) / 3)

@@ -85,6 +85,17 @@ def test_study_name_is_the_cell_plus_a_hash_of_its_fixed_settings(make_cfg):
     assert study.study_name(other_fixed, coordinates, ["lr", "r", "lora_alpha"]) != name
 
 
+def test_a_study_resumed_under_another_tuning_seed_or_on_changed_data_is_another_study(make_cfg):
+    """Otherwise a rerun after the tuning-seed change would top up the old study: its trials ran on a final's seed."""
+    cfg = make_cfg("method=lora")
+    coordinates = study.cell_coordinates(cfg, {})
+    shared = {"tuning_seed": 1000, "data_sha256": {"train": "a"}}
+    name = study.study_name(cfg, coordinates, ["lr"], shared)
+    assert study.study_name(cfg, coordinates, ["lr"], {**shared}) == name
+    assert study.study_name(cfg, coordinates, ["lr"], {**shared, "tuning_seed": 0}) != name
+    assert study.study_name(cfg, coordinates, ["lr"], {**shared, "data_sha256": {"train": "b"}}) != name
+
+
 def test_search_space_and_storage_are_not_part_of_a_runs_identity_but_role_is(make_cfg):
     def run_id(*overrides):
         return records.run_id(make_cfg("method=lora", *overrides), SETTLED)

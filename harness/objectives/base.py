@@ -122,6 +122,7 @@ class Objective(ABC):
 
     head: str = "causal_lm"  # or "sequence_classification"
     peft_task_type: str = "CAUSAL_LM"
+    loss_from_model: bool = True  # the trainer's loss is the model's own (so PEFT can add terms to it, as AdaLoRA does)
 
     def __init__(self, name: str, task_types: list[str], **settings: Any):
         self.name = name
@@ -213,6 +214,15 @@ def train_and_evaluate(trainer, budget: budget_stage.BudgetCallback, device: tor
 
 
 def record_parameters(model, record: dict[str, Any], head_modules: list[str], auxiliary=None) -> None:
-    """What the method trains, what the head trains, and the model's size, before training (see
-    :func:`harness.measure.parameter_counts`; 4-bit weights count as logical parameters)."""
+    """What the method trains, what the head trains, and the model's size, right after the method wrapped it
+    (see :func:`harness.measure.parameter_counts`; 4-bit weights count as logical parameters).
+
+    The weights' bytes are taken here too, before a trainer adds anything (TRL's frozen "ref" adapter):
+    ``weights_bytes`` is the evaluated model as the method made it, ``auxiliary_weights_bytes`` a model
+    trained beside it (PPO's value model).
+    """
     record["params"] = measure.parameter_counts(model, head_modules, auxiliary)
+    record["memory"] = {
+        "weights_bytes": measure.tensor_bytes(model),
+        "auxiliary_weights_bytes": measure.tensor_bytes(auxiliary) if auxiliary is not None else 0,
+    }

@@ -21,6 +21,7 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
 class DPOObjective(TRLObjective):
+    loss_from_model = False  # its loss is computed from the logits
     completion_columns = ("chosen", "rejected")
 
     def check(self, cfg) -> None:

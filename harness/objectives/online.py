@@ -48,6 +48,7 @@ class RolloutReward:
 
 
 class OnlineRLObjective(TRLObjective):
+    loss_from_model = False  # its loss is computed from the logits
     completion_columns = ()  # completions are generated, not given
 
     def check(self, cfg) -> None:

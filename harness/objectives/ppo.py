@@ -336,8 +336,10 @@ def verifiable_reward(task):
 def load_reward_model(cfg, run_id: str):
     """The frozen reward model of a successful ``objective=reward`` run kept with ``keep_artifacts=true``.
 
-    Its checkpoint was checked against the architecture before anything
-    loaded (``reward_run_record``); the load itself is strict as well.
+    Its checkpoint's tensor names were checked against the architecture before
+    anything loaded (``reward_run_record``): a file holding other tensors, or
+    missing some, never loads. A tensor of the right name but another shape
+    (another rank) fails in PyTorch's own load, which checks shapes.
     """
     from omegaconf import OmegaConf
 
@@ -368,6 +370,7 @@ def model_reward(reward_model, tokenizer, batch_size: int):
 
 
 class PPOObjective(Objective):
+    loss_from_model = False  # its loss is computed from the logits
 
     def check(self, cfg) -> None:
         super().check(cfg)

@@ -17,6 +17,7 @@ from harness.objectives.causal import TRLObjective
 
 
 class RewardObjective(TRLObjective):
+    loss_from_model = False  # its loss is computed from the logits
     head = "sequence_classification"
     peft_task_type = "SEQ_CLS"
     completion_columns = ("chosen", "rejected")

@@ -104,7 +104,7 @@ class _Context:
 
 def _warn_about_mixed_settings(frame: pd.DataFrame) -> None:
     """One line per task whose runs come from several library-version sets or devices: kept apart, never compared."""
-    for task, rows in frame.groupby("task", sort=True):
+    for task, rows in frame[frame["status"] == "success"].groupby("task", sort=True):
         for axis, what in (("software", "library versions"), ("hardware", "devices")):
             values = sorted(set(rows[axis].dropna()))
             if len(values) > 1:

@@ -24,8 +24,7 @@ MEMORY_NOTES = {
     "shorter spike can be missed), weights and the Python runtime included",
     "cuda_max_memory_allocated": "the CUDA allocator's peak of live tensors over training steps only "
     "(torch.cuda.max_memory_allocated), weights included",
-    "process_rss_sampled_20ms": "schema-1 records: the process's peak resident memory sampled every 20 ms, "
-    "evaluations included",
+    "none": "not recorded under this name (schema-1 records: one window, evaluation included; see index.csv)",
 }
 MEMORY_KIND = {"cuda_max_memory_allocated": "CUDA"}  # every other source is the process's resident memory
 
@@ -41,12 +40,21 @@ class DisplayTable:
     key: tuple  # the DISPLAY values of its rows
 
 
+SOURCE_TITLES = {"linux_vmhwm": "RSS peak (VmHWM)", "rss_sampled_20ms": "RSS sampled", "none": "schema-1 records"}
+
+
 def display_tables(summary: pd.DataFrame, reference: str) -> list[DisplayTable]:
+    """One table per task, setting and metric, titled by the task and whatever sets it apart from the task's others
+    (a memory source only where it differs on the same hardware: across devices the hardware says it)."""
     tables = []
     for key, rows in summary.groupby(DISPLAY, sort=True, dropna=False):
         siblings = summary[summary["task"] == key[0]]
-        varying = [value for column, value in zip(DISPLAY[1:], key[1:], strict=True) if siblings[column].nunique() > 1]
-        tables.append(_display_table(rows, reference, " · ".join([key[0], *map(str, varying)]), tuple(key)))
+        parts = []
+        for column, value in zip(DISPLAY[1:], key[1:], strict=True):
+            varies = siblings.groupby("hardware")[column].nunique().max() if column == "memory_source" else siblings[column].nunique()
+            if varies > 1:
+                parts.append(SOURCE_TITLES.get(value, str(value)) if column == "memory_source" else str(value))
+        tables.append(_display_table(rows, reference, " · ".join([key[0], *parts]), tuple(key)))
     return tables
 
 
@@ -66,7 +74,7 @@ def _display_table(rows: pd.DataFrame, reference: str, title: str, key: tuple) -
     columns["n"] = rows["n"].astype(str)
     columns["95% CI"] = [_interval(lo, hi) for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)]
     columns["Method params"] = rows["method_params"].map(_count)
-    columns["Method %"] = rows["method_pct"].map(lambda v: f"{v:.3g}")
+    columns["Method %"] = rows["method_pct"].map(lambda v: f"{v:.3g}" if _finite(v) else "–")
     columns["Trainable"] = rows["trainable"].map(_count)
     columns["Weights (MiB)"] = rows["weights_mib"].map(lambda v: _number(v, 0))
     columns[f"Train peak {kind} (MiB)"] = rows["train_peak_mib"].map(lambda v: _number(v, 0))

@@ -57,7 +57,7 @@ def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.
     tuned_groups = set(map(tuple, finals[GROUP_AXES].itertuples(index=False)))
     runs = ok[ok["role"] == "run"]
     runs = runs[[tuple(r) not in tuned_groups for r in runs[GROUP_AXES].itertuples(index=False)]]
-    chosen = pd.concat([finals, runs])
+    chosen = _newest_per_seed(pd.concat([finals, runs]))
     if chosen.empty:
         return chosen.assign(split=pd.Series(dtype=str), quality=pd.Series(dtype=float), left_out=pd.Series(dtype=str))
     has_test = chosen.groupby(DISPLAY, dropna=False)["test"].transform(lambda v: v.notna().any())
@@ -65,6 +65,14 @@ def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.
     quality = chosen["test"].where(has_test, chosen["validation"])
     left_out = [_left_out(q, s) for q, s in zip(quality, split, strict=True)]
     return chosen.assign(split=split, quality=quality, left_out=left_out)
+
+
+def _newest_per_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """One record per cell and seed: a rerun of the same experiment (another run_id after a schema or identity
+    change) supersedes the older record instead of doubling n."""
+    if rows.empty:
+        return rows
+    return rows.sort_values("finished_at", na_position="first").drop_duplicates([*CELL, "seed"], keep="last")
 
 
 def _left_out(quality: Any, split: str) -> str | None:
@@ -122,10 +130,10 @@ def _cell_row(cell: tuple, group: pd.DataFrame, trial_seeds: dict[str, list[int]
         "left_out": "; ".join(f"seed {r.seed} ({r.left_out})" for r in group.itertuples() if isinstance(r.left_out, str))
         or None,
         "tuning_seeds": ",".join(map(str, trial_seeds.get(study, []))) if isinstance(study, str) else None,
-        "method_params": int(group["method_params"].iloc[0]),
-        "trainable": int(group["trainable"].iloc[0]),
-        "total_params": int(group["total_params"].iloc[0]),
-        "method_pct": float(group["method_pct"].iloc[0]),
+        "method_params": group["method_params"].iloc[0],
+        "trainable": group["trainable"].iloc[0],
+        "total_params": group["total_params"].iloc[0],
+        "method_pct": group["method_pct"].iloc[0],
         "weights_mib": group["weights_mib"].mean(),
         "train_peak_mib": group["train_peak_mib"].mean(),
         "train_above_mib": group["train_above_mib"].mean(),

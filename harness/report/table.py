@@ -26,8 +26,8 @@ from harness.records import NON_IDENTITY_KEYS, load_records
 GROUP_AXES = ["model", "task", "method", "budget"]
 # Runs that differ in these are never averaged, paired or ranked together: the hardware sets what memory
 # and time mean, and a library upgrade alone can move scores by points.
-SETTING_AXES = ["hardware", "software"]
-VERSIONED_PACKAGES = ("torch", "transformers", "peft", "trl")
+SETTING_AXES = ["hardware", "software", "memory_source"]
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes")
 NOT_CELL_KEYS = ("seed", "role", "tuning", *NON_IDENTITY_KEYS)
 QUICK_COLUMNS = [
     "task",
@@ -83,16 +83,16 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "higher_is_better": primary.get("higher_is_better"),
         "validation": primary.get("validation"),
         "test": primary.get("test"),
-        "method_params": params.get("method", params.get("trainable")),
+        "method_params": params.get("method"),
         "head_params": params.get("head"),
         "trainable": params.get("trainable"),
         "total_params": params.get("total"),
-        "method_pct": params.get("method_percent", params.get("trainable_percent")),
+        "method_pct": params.get("method_percent"),
         "train_peak_mib": _mib(memory.get("train_peak_bytes")),
         "train_above_mib": _mib(memory.get("train_peak_above_baseline_bytes")),
         "eval_peak_mib": _mib(memory.get("eval_peak_bytes")),
         "weights_mib": _mib(memory.get("weights_bytes")),
-        "memory_source": memory.get("source"),
+        "memory_source": memory.get("source") or "none",
         "device": memory.get("device"),
         "hardware": hardware(record),
         "software": software(record),
@@ -103,6 +103,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "steps": compute.get("steps"),
         "pruned_at_step": record.get("pruned_at_step"),
         "trained_kib": (record.get("trained_bytes") or 0) / 1024 or None,
+        "finished_at": record.get("finished_at"),
     }
 
 
@@ -111,27 +112,29 @@ def _mib(value: float | None) -> float | None:
 
 
 def _memory(record: dict[str, Any]) -> dict[str, Any]:
-    """The record's memory section; a schema-1 record's single window (evaluation included) read as the training one."""
-    memory = dict(record.get("memory") or {})
-    if record.get("schema_version", 1) < 2 and memory:
-        memory["train_peak_bytes"] = memory.get("peak_bytes")
-        memory["train_peak_above_baseline_bytes"] = memory.get("peak_above_baseline_bytes")
-    return memory
+    """The record's memory section. A schema-1 record measured one window, evaluation included, under other
+    names: none of its figures is the quantity a schema-2 column names, so none is carried over."""
+    return dict(record.get("memory") or {}) if record.get("schema_version", 1) >= 2 else {}
 
 
 def hardware(record: dict[str, Any]) -> str:
-    """``CPU`` or ``GPU (<model>)``: what memory and time were measured on."""
+    """``CPU (<model>, <n> cores)`` or ``GPU (<model>)``: what memory and time were measured on."""
     environment = record.get("environment") or {}
     device = (record.get("memory") or {}).get("device") or environment.get("device")
     if device == "cuda":
         return f"GPU ({environment.get('gpu') or 'unknown model'})"
-    return "CPU" if device == "cpu" else str(device or "unknown device")
+    if device == "cpu":
+        return f"CPU ({environment.get('cpu') or 'unknown model'}, {environment.get('cpu_count') or '?'} cores)"
+    return str(device or "unknown device")
 
 
 def software(record: dict[str, Any]) -> str:
-    """The versions of the libraries that train and wrap the model, e.g. ``torch 2.13.0, peft 0.21.2, ...``."""
-    packages = (record.get("environment") or {}).get("packages") or {}
-    return ", ".join(f"{name} {packages.get(name) or '?'}" for name in VERSIONED_PACKAGES)
+    """The versions of the libraries that train, wrap and quantize the model, e.g. ``torch 2.13.0, peft 0.21.2, ...``
+    (and CUDA's on a GPU)."""
+    environment = record.get("environment") or {}
+    packages = environment.get("packages") or {}
+    versions = [f"{name} {packages.get(name) or '?'}" for name in VERSIONED_PACKAGES]
+    return ", ".join([*versions, *([f"cuda {environment['cuda']}"] if environment.get("cuda") else [])])
 
 
 def _cell_config(config: dict[str, Any]) -> dict[str, Any]:

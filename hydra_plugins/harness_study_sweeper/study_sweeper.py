@@ -146,7 +146,7 @@ class StudySweeper(Sweeper):
         return cells, seeds
 
     def _cell(self, overrides: list[str], axes: dict[str, str], fixed: set[str]) -> Cell:
-        from harness import study
+        from harness import data, study
         from harness.config import ConfigError, validate
         from harness.run import build_objective
         from harness.search import SearchSpace
@@ -166,7 +166,8 @@ class StudySweeper(Sweeper):
         storage_url = self.params.storage or study.default_storage(cfg.results_dir)
         self._storage(storage_url)
         coordinates = study.cell_coordinates(cfg, axes)
-        name = study.study_name(cfg, coordinates, [*space.distributions, *space.derive])
+        shared = {"tuning_seed": self.tuning_seed, "data_sha256": data.fingerprint(data.load_task(cfg.task))}
+        name = study.study_name(cfg, coordinates, [*space.distributions, *space.derive], shared)
         return Cell(overrides, coordinates, cfg, space, name, storage_url, study.direction(cfg))
 
     def _storage(self, url: str):
@@ -334,6 +335,9 @@ def _tell(study, job: Job) -> None:
         trial.set_user_attr("run_id", record["run_id"])
     status = (record or {}).get("status")
     value = ((record or {}).get("primary_metric") or {}).get("validation")
+    if record is not None and not _same_setting(study, record):
+        study.tell(job.trial_number, state=TrialState.FAIL, skip_if_finished=True)
+        return
     if status == "pruned":
         study.tell(job.trial_number, state=TrialState.PRUNED, skip_if_finished=True)
     elif status == "success" and value is not None and math.isfinite(value):
@@ -341,6 +345,22 @@ def _tell(study, job: Job) -> None:
     else:
         study.tell(job.trial_number, state=TrialState.FAIL, skip_if_finished=True)
     log.info("%s trial %d: %s %s", study.study_name, job.trial_number, status or "raised", job.assignments)
+
+
+def _same_setting(study, record: dict[str, Any]) -> bool:
+    """A study compares trials on one device type and precision: the first trial's are the study's, and a
+    trial that ran elsewhere (another worker kind sharing the storage) fails instead of competing."""
+    identity = record.get("identity") or {}
+    setting = {key: identity.get(key) for key in ("device_type", "precision")}
+    known = study.user_attrs.get("setting")
+    if known is None:
+        study.set_user_attr("setting", setting)
+        return True
+    if known != setting:
+        log.error("%s: trial %s ran on %s but the study's trials ran on %s; it is counted as failed (use another "
+                  "storage for another device)", study.study_name, record.get("tuning", {}).get("trial"), setting, known)
+        return False
+    return True
 
 
 def _describe(summary: dict[str, Any]) -> str:
