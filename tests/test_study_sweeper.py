@@ -241,3 +241,20 @@ def test_the_slurm_preset_and_study_presets_compose():
     glue = compose_config(["study=peft_glue"], return_hydra_config=True)
     assert glue.model.name == "roberta_base" and glue.hydra.sweeper.grid.task == "sst2,mrpc,rte,cola,qnli"
     assert list(glue.hydra.sweeper.seeds) == [0, 1, 2, 3, 4]
+    for task, steps in (("sst2", 350), ("mrpc", 80)):  # each task its own steps, every method of it the same
+        cpu = compose_config(["study=glue_cpu", f"task={task}"], return_hydra_config=True)
+        assert cpu.budget.max_steps == steps and cpu.data_root == "../shared/data" and cpu.model.name == "minilm"
+    assert cpu.hydra.sweeper.grid.method == "full,lora,ia3,head" and cpu.hydra.sweeper.grid.task == "sst2,mrpc"
+
+
+def test_a_trial_from_another_device_or_precision_fails_instead_of_competing():
+    """Workers of two kinds sharing one storage: the study's first trial sets its setting; a trial that ran on
+    another device type or precision is told as failed, so a GPU trial never wins a CPU study's selection."""
+    from hydra_plugins.harness_study_sweeper.study_sweeper import _same_setting
+
+    opt_study = optuna.create_study()
+    cpu = {"identity": {"device_type": "cpu", "precision": "fp32", "data_sha256": {}}, "tuning": {"trial": 0}}
+    gpu = {"identity": {"device_type": "cuda", "precision": "bf16", "data_sha256": {}}, "tuning": {"trial": 1}}
+    assert _same_setting(opt_study, cpu) and opt_study.user_attrs["setting"] == {"device_type": "cpu", "precision": "fp32"}
+    assert _same_setting(opt_study, cpu)
+    assert not _same_setting(opt_study, gpu)

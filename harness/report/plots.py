@@ -60,6 +60,7 @@ def tradeoff(rows: pd.DataFrame, cost: str, xlabel: str, log_x: bool, palette: d
         _frontier(axes, block, cost, higher)
     if log_x and (rows[cost] <= 0).any():
         axes.set_xscale("symlog", linthresh=1)
+        xlabel = xlabel.replace("(log)", "(symmetric log: 0 at the left)")
     elif log_x:
         axes.set_xscale("log")
     axes.set_xlabel(xlabel)
