@@ -236,6 +236,7 @@ def test_dpo_and_ppo_on_the_embedded_smollm2_write_generation_metrics(tmp_path):
     ("objective", "method", "trainable"),
     [
         ("sft", "ln_tuning", 2 * 2 * 64 + 64),  # BERT's LayerNorm pattern would match no Llama norm
+        ("sft", "adalora", None),  # TRL's SFT loss is its own: AdaLoRA's penalty is recorded absent
         ("dpo", "adalora", None),  # AdaLoRA takes one adapter: TRL's "ref" copy would be refused
         ("ppo", "adapter_houlsby", None),  # the value model needs the model's adapter sites too
         ("ppo", "adalora", None),  # two AdaLoRA tuners (policy, value), several optimizer steps per PPO step
@@ -257,7 +258,7 @@ def test_methods_with_their_own_constraints_train_a_decoder(make_cfg, objective,
         owners = {name.split(".")[0] for name in allocation["ranks"]}
         assert owners == ({"policy", "value"} if objective == "ppo" else {"model"})  # PPO's two tuners, named
         assert allocation["schedule_completed"] and allocation["optimizer_steps"] == updates
-        assert allocation["orthogonal_penalty"].startswith("absent")  # DPO and PPO compute their own loss
+        assert allocation["orthogonal_penalty"].startswith("absent")  # SFT, DPO and PPO compute their own loss
 
 
 @pytest.mark.parametrize("objective", ["dpo", "ppo"])

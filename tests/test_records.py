@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import SETTLED, TINY, run_id_of
 
 from harness import records, run
@@ -30,6 +31,27 @@ def test_what_a_run_settles_is_part_of_its_identity(make_cfg, key, value):
     assert records.run_id(cfg, {**SETTLED, key: value}) != records.run_id(cfg, SETTLED)
 
 
+def test_precision_auto_settles_to_what_the_device_trains_in(make_cfg, monkeypatch):
+    """The same config is fp32 on a CPU and bf16 on a GPU that has it: two identities, two run_ids."""
+    from datasets import Dataset, DatasetDict
+
+    from harness.run import settled_identity
+
+    cfg = make_cfg(*TINY)
+    assert cfg.train.precision == "auto"
+    splits = DatasetDict({"train": Dataset.from_dict({"text": ["a"], "label": [0]})})
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    on_gpu = settled_identity(cfg, torch.device("cuda", 0), splits)
+    on_cpu = settled_identity(cfg, torch.device("cpu"), splits)
+    assert (on_gpu["device_type"], on_gpu["precision"]) == ("cuda", "bf16")
+    assert (on_cpu["device_type"], on_cpu["precision"]) == ("cpu", "fp32")
+    assert records.run_id(cfg, on_gpu) != records.run_id(cfg, on_cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert settled_identity(cfg, torch.device("cuda", 0), splits)["precision"] == "fp32"
+    cfg.train.precision = "fp16"
+    assert settled_identity(cfg, torch.device("cuda", 0), splits)["precision"] == "fp16"
+
+
 def test_changed_data_under_the_same_config_is_a_new_run_not_a_skip(make_cfg, monkeypatch):
     from harness import data
 
@@ -46,7 +68,7 @@ def test_changed_data_under_the_same_config_is_a_new_run_not_a_skip(make_cfg, mo
     monkeypatch.setattr(data, "load_task", edited)
     second = run_one(cfg)
     assert second["run_id"] != first["run_id"] and second["data_sha256"]["train"] != first["data_sha256"]["train"]
-    assert second["identity"]["data_sha256"] == second["data_sha256"]
+    assert second["identity"]["data_sha256"] != first["identity"]["data_sha256"]
     assert second["identity"]["device_type"] == "cpu" and second["identity"]["precision"] == "fp32"
 
 

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness import records
-from harness.report import cli, render, stats, summary, table
+from harness.report import cli, plots, render, stats, summary, table
 
 # Hand-chosen test accuracies per method and seed.
 ACCURACY = {
@@ -60,7 +60,8 @@ def synthetic_record(method: str, seed: int, test: float | None, *, task="toy_se
 
 
 def with_run_id(record: dict) -> dict:
-    settled = {"device": record["memory"]["device"], "packages": record["environment"]["packages"]}
+    """The run_id harness-run would give: package versions are not part of it (see records.run_id)."""
+    settled = {"device_type": record["memory"]["device"], "precision": "fp32", "data_sha256": record.get("data_sha256")}
     record["run_id"] = records.run_id(_as_cfg(record), settled)
     return record
 
@@ -455,18 +456,22 @@ def test_cpu_and_gpu_runs_are_never_averaged_ranked_or_put_on_one_front(tmp_path
 
 
 def test_runs_of_different_library_versions_are_kept_apart_with_a_warning(tmp_path, capsys):
+    """A study finished after a library upgrade: full and lora ran on peft 0.21, ia3 later on peft 0.22 (the
+    same configs would share a run_id and be skipped, so the split falls between methods)."""
     old = standard_records({"full": None, "lora": None})
     new = []
-    for record in standard_records({"full": None, "lora": None}):
+    for record in standard_records({"ia3": None}):
         record["environment"] = {**record["environment"], "packages": {**PACKAGES, "peft": "0.22.0"}}
-        new.append(with_run_id(record))
+        new.append(record)
     results = tmp_path / "results"
     write_records(results, [*old, *new])
     assert cli.main([str(results), "--formats", "md,csv"]) == 0
     assert capsys.readouterr().err.count("warning: toy_sentiment: runs from 2 library versions") == 1
-    written = pd.read_csv(results / "report" / "summary.csv")
-    assert len(written) == 4 and set(written["n"]) == {3}  # never averaged together
-    assert written["software"].str.contains("peft 0.22.0").sum() == 2
+    written = pd.read_csv(results / "report" / "summary.csv").set_index("method")
+    assert len(written) == 3 and set(written["n"]) == {3}
+    assert "peft 0.22.0" in written.loc["ia3", "software"] and "peft 0.22.0" not in written.loc["full", "software"]
+    assert written.loc["ia3", "delta"] != written.loc["ia3", "delta"]  # NaN: never paired with full of peft 0.21
+    assert written.loc["lora", "delta"] == pytest.approx((-0.02 - 0.01 - 0.03) / 3)
 
 
 def _tuned_records(tuning_seed: int, final_seeds: list[int]) -> tuple[list[dict], dict]:
@@ -531,3 +536,23 @@ def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_superse
     current = summary.summarize(summary.quality_rows(table.records_frame([*old, *earlier, *new]), {}), "full")
     current = current[current["memory_source"] == "linux_vmhwm"].set_index("method")
     assert current.loc["lora", "n"] == 3 and current.loc["lora", "mean"] == pytest.approx(sum(ACCURACY["lora"]) / 3)
+
+
+def test_a_gpu_final_neither_hides_cpu_runs_nor_enters_the_cpu_tables_plots(tmp_path, monkeypatch):
+    """Plain CPU runs of lora stay in the CPU table when a tuned lora final exists only on GPU, and the CPU
+    table's training curves are drawn from CPU runs alone."""
+    cpu = standard_records({"full": None, "lora": None})
+    tuning = {"study": "minilm/toy_sentiment/lora/tiny#gpu", "trial": 0, "params": {"lr": 0.002}}
+    gpu_final = _on_gpu(synthetic_record("lora", 0, 0.5, role="final", tuning=tuning))
+    chosen = summary.quality_rows(table.records_frame([*cpu, gpu_final]), {})
+    cpu_lora = chosen[(chosen["method"] == "lora") & chosen["hardware"].str.startswith("CPU")]
+    assert len(cpu_lora) == 3 and set(cpu_lora["role"]) == {"run"}
+    gpu_full = [_on_gpu(r) for r in standard_records({"full": None})]  # the CPU full runs' cell, on a GPU
+    drawn = []
+    monkeypatch.setattr(plots, "training_curves", lambda curves, *a, **k: drawn.append(curves) or plots.plt.figure())
+    results = tmp_path / "results"
+    write_records(results, [*cpu, gpu_final, *gpu_full])
+    assert cli.main([str(results), "--formats", "md"]) == 0
+    assert len(drawn) == 2
+    cpu_ids, gpu_ids = {r["run_id"] for r in cpu}, {r["run_id"] for r in [gpu_final, *gpu_full]}
+    assert [set(d["run_id"]) for d in drawn] == [cpu_ids, gpu_ids]

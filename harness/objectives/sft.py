@@ -18,6 +18,10 @@ from harness.objectives.causal import TRLObjective, conversational
 
 
 class SFTObjective(TRLObjective):
+    # TRL 1.16's SFTTrainer.compute_loss sums the fused head's log-probabilities itself and never reads the
+    # model's outputs.loss, so a term PEFT adds there (AdaLoRA's orthogonal penalty) is not trained on.
+    loss_from_model = False
+
     def trl_classes(self):
         from trl import SFTConfig, SFTTrainer
 

@@ -129,17 +129,25 @@ def _figures(folder, tables, cells, chosen, frame, tuning, studies, records) -> 
             plots.save(plots.tradeoff(rows, "train_peak_mib", "training peak memory (MiB)", False, palette, title), folder, f"{slug}_quality_vs_memory"),
             plots.save(plots.quality_vs_budget(rows, palette, title), folder, f"{slug}_quality_vs_budget"),
         ]
-        run_ids = set(chosen.loc[chosen["cell"].isin(rows["cell"]) & chosen["task"].eq(display.task), "run_id"])
+        run_ids = set(chosen.loc[chosen["cell"].isin(rows["cell"]) & _in_display(chosen, display), "run_id"])
         display_curves = curves[curves["run_id"].isin(run_ids)]
         if not display_curves.empty:
             figure = plots.training_curves(display_curves, rows["metric"].iloc[0], palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_training_curves"))
-        trials = frame[frame["study"].isin(rows["cell"]) & (frame["role"] == "trial") & frame["tuned_params"].notna()]
+        trials = frame[frame["study"].isin(rows["cell"]) & _in_display(frame, display) & (frame["role"] == "trial") & frame["tuned_params"].notna()]
         if not trials.empty and not tuning.empty:
             figure = plots.tuning_isolation(trials, tuning, spaces, palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_tuning"))
         figures[display.title] = paths
     return figures
+
+
+def _in_display(rows: pd.DataFrame, display) -> pd.Series:
+    """Rows of one display table: its task, hardware, software and memory source (a CPU table's curves and
+    trials never take in a GPU run of the same cell)."""
+    axes = [axis for axis in summary.DISPLAY if axis != "metric"]
+    key = dict(zip(summary.DISPLAY, display.key, strict=True))
+    return pd.concat([rows[axis].eq(key[axis]) | (rows[axis].isna() & pd.isna(key[axis])) for axis in axes], axis=1).all(axis=1)
 
 
 # --- writers: each returns the files it wrote -------------------------------------------------------------

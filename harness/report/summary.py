@@ -26,6 +26,7 @@ DISPLAY = ["task", *SETTING_AXES, "metric"]
 # Within one block every row is compared: bolding and Pareto fronts.
 BLOCK = [*DISPLAY, "budget"]
 CELL = [*GROUP_AXES, *SETTING_AXES, "label", "cell"]
+TUNED_GROUP = [*GROUP_AXES, *SETTING_AXES]
 EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log scale where the range is) sits on its edge
 
 
@@ -54,9 +55,10 @@ def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.
     current = {f["run_id"] for s in studies.values() for f in s.get("finals", [])}
     listed = finals["study"].isin(studies.keys())
     finals = finals[~listed | finals["run_id"].isin(current)]
-    tuned_groups = set(map(tuple, finals[GROUP_AXES].itertuples(index=False)))
+    # A tuned final supersedes plain runs of its group only on the same hardware and software.
+    tuned_groups = set(map(tuple, finals[TUNED_GROUP].itertuples(index=False)))
     runs = ok[ok["role"] == "run"]
-    runs = runs[[tuple(r) not in tuned_groups for r in runs[GROUP_AXES].itertuples(index=False)]]
+    runs = runs[[tuple(r) not in tuned_groups for r in runs[TUNED_GROUP].itertuples(index=False)]]
     chosen = _newest_per_seed(pd.concat([finals, runs]))
     if chosen.empty:
         return chosen.assign(split=pd.Series(dtype=str), quality=pd.Series(dtype=float), left_out=pd.Series(dtype=str))
