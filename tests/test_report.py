@@ -514,7 +514,7 @@ def test_the_params_front_uses_the_methods_own_count_so_a_head_probe_sits_at_zer
     assert "Method params: parameters the method adds or unfreezes, the task head excluded" in markdown
 
 
-def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_supersedes_them():
+def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_supersedes_them(tmp_path):
     """A schema-1 record measured one window with evaluation in it and counted the head as trainable: none of that
     is what 'Train peak' or 'Method params' now say. Rerun into the same folder, the new record (another run_id)
     replaces it instead of doubling n."""
@@ -530,6 +530,9 @@ def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_superse
     cells = summary.summarize(summary.quality_rows(frame, {}), "full").set_index("method")
     assert cells["train_peak_mib"].isna().all() and not cells["pareto_memory"].any()
     assert set(cells["memory_source"]) == {"none"}  # kept apart from schema-2 runs, which all have a source
+    write_records(tmp_path / "old", old)
+    assert cli.main([str(tmp_path / "old"), "--formats", "md"]) == 0  # the plots have no such figures to draw
+    assert (tmp_path / "old" / "report" / "plots" / "toy_sentiment_quality_vs_params.png").is_file()
     new = [{**r, "finished_at": "2026-12-01T00:00:00+00:00"} for r in standard_records({"full": None, "lora": None})]
     earlier = [{**r, "run_id": r["run_id"][::-1], "finished_at": "2026-11-20T00:00:00+00:00",
                 "primary_metric": {**r["primary_metric"], "test": 0.1}} for r in new]  # same experiment, older id
