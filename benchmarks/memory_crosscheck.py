@@ -36,8 +36,17 @@ MAX_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 
 def run_under_time(method: str, steps: int, results_dir: Path) -> tuple[dict, int]:
     """One harness-run in its own process under GNU time; its record and time's max RSS in bytes."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "harness.cli", *BASE, f"method={method}",
-               f"budget.max_steps={steps}", f"results_dir={results_dir}"]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "harness.cli",
+        *BASE,
+        f"method={method}",
+        f"budget.max_steps={steps}",
+        f"results_dir={results_dir}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
     (record_file,) = [p for p in (results_dir / "runs").glob("*.json") if json.loads(p.read_text())["method"] == method]
@@ -68,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="memory-crosscheck-"))
     mib = 2**20
-    print("| method | record train peak (MiB) | record eval peak (MiB) | time -v max RSS (MiB) | record max / time | "
-          "above load, train (MiB) | weights (MiB) | trainable: record | trainable: PEFT | total: record | total: PEFT |")
+    print(
+        "| method | record train peak (MiB) | record eval peak (MiB) | time -v max RSS (MiB) | record max / time | "
+        "above load, train (MiB) | weights (MiB) | trainable: record | trainable: PEFT | total: record | total: PEFT |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for method in args.methods.split(","):
         record, max_rss = run_under_time(method, args.steps, out)
@@ -77,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(memory["train_peak_bytes"], memory["eval_peak_bytes"])
         counts = peft_counts(method)
         peft_trainable, peft_total = counts if counts else ("–", "–")
-        print(f"| {method} | {memory['train_peak_bytes'] / mib:,.0f} | {memory['eval_peak_bytes'] / mib:,.0f} | "
-              f"{max_rss / mib:,.0f} | {peak / max_rss:.3f} | {memory['train_peak_above_baseline_bytes'] / mib:,.0f} | "
-              f"{memory['weights_bytes'] / mib:,.1f} | {params['trainable']:,} | "
-              f"{peft_trainable if isinstance(peft_trainable, str) else f'{peft_trainable:,}'} | {params['total']:,} | "
-              f"{peft_total if isinstance(peft_total, str) else f'{peft_total:,}'} |", flush=True)
+        print(
+            f"| {method} | {memory['train_peak_bytes'] / mib:,.0f} | {memory['eval_peak_bytes'] / mib:,.0f} | "
+            f"{max_rss / mib:,.0f} | {peak / max_rss:.3f} | {memory['train_peak_above_baseline_bytes'] / mib:,.0f} | "
+            f"{memory['weights_bytes'] / mib:,.1f} | {params['trainable']:,} | "
+            f"{peft_trainable if isinstance(peft_trainable, str) else f'{peft_trainable:,}'} | {params['total']:,} | "
+            f"{peft_total if isinstance(peft_total, str) else f'{peft_total:,}'} |",
+            flush=True,
+        )
     print(f"\nrecords in {out}; memory source {memory['source']}")
     return 0
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,16 +17,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.data.catalog import register_tasks
+from harness.paths import config_dir
+
 log = logging.getLogger("harness")
-# The config tree lives at the repository root (conf/), beside the package.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The config tree: a checkout's conf/, or the installed package harness_conf (harness.paths). The task group is
+# tasks/ (harness.data.catalog), stored in Hydra's ConfigStore before anything composes.
+CONFIG_DIR = config_dir()
+# Config groups renamed since: typing the old name is one error line naming the new one, not Hydra's "Could not
+# override" (the presets in conf/experiment/ were conf/study/, a name now left to the Optuna studies).
+RENAMED_GROUPS = {"study": "experiment"}
+register_tasks()
 
 
 def _quiet_libraries() -> None:
     """Keep the console to the harness's own lines; records hold the details."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # PEFT calls transformers APIs that transformers 5 deprecates; not actionable by users.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    from harness.compat import hide_transformers_deprecations
+
+    hide_transformers_deprecations()
     import datasets
     import transformers
 
@@ -86,7 +93,12 @@ def run_one(cfg: DictConfig) -> dict | None:
     """
     from harness import records
     from harness.config import ConfigError, validate
+    from harness.data.spec import metric_entries
 
+    if (
+        cfg.task.get("metrics") is not None
+    ):  # a metric named without its direction (task.metrics=[f1]) takes its module's
+        cfg.task.metrics = metric_entries(cfg.task.metrics)
     try:
         records.identity_config(cfg)  # resolves every interpolation
     except OmegaConfBaseException as error:
@@ -117,8 +129,21 @@ def run_one(cfg: DictConfig) -> dict | None:
     return record
 
 
+def refuse_renamed_groups(arguments: list[str]) -> None:
+    """Exit 2 with one line when an override names a renamed config group (``study=demo``)."""
+    for argument in arguments:
+        key, assigned, value = argument.partition("=")
+        new = RENAMED_GROUPS.get(key.lstrip("+~"))
+        if assigned and new:
+            print(
+                f"error: {key}: the presets' group is named '{new}' now (conf/{new}/); use {new}={value}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def run_config(cfg: DictConfig) -> dict | None:
     """The Hydra task function; its return value (the record) is what a sweeper reads back."""
     from harness.config import ConfigError
 
@@ -127,6 +152,12 @@ def main(cfg: DictConfig) -> dict | None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """``harness-run``: Hydra's command line (sys.argv), after the check for renamed groups."""
+    refuse_renamed_groups(sys.argv[1:])
+    run_config()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,8 @@ that line and exits non-zero.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,15 +21,6 @@ METHOD_HARNESS_KEYS = ("name", "lr", "quantization", "search")
 QUANTIZATIONS = (None, "4bit", "8bit")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TASK_TYPES = ("classification", "instruction", "preference")
-# Metrics the trainer computes itself on held-out data: the objective's own loss (lower is better).
-TRAINER_METRICS = ("loss",)
-# The source-column keys each task type must name (the data stage renames them).
-TASK_COLUMN_KEYS = {
-    "classification": ("text_column", "label_column"),
-    "instruction": ("prompt_column", "completion_column"),
-    "preference": ("prompt_column", "chosen_column", "rejected_column"),
-}
 ROLES = ("run", "trial", "final")
 STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
 # Method hyperparameters that must be positive integers wherever they appear.
@@ -160,66 +149,11 @@ def validate_model(model: DictConfig, method: DictConfig) -> None:
         raise ConfigError("model.pretrained", "must name a Hub id, a local folder, or embedded://<package>/<dir>")
 
 
-def _check_readable(key: str, path: str) -> None:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ConfigError(key, f"file not found: {path}")
-    if not os.access(p, os.R_OK):
-        raise ConfigError(key, f"file is not readable: {path}")
-
-
-def metrics_for(task_type: str) -> list[str]:
-    """The metrics a task of this type can be scored by: classification from predicted labels, generative
-    tasks from generations, preference pairs or the trainer's held-out loss."""
-    from harness.metrics import PREFERENCE_METRICS, available_metrics
-
-    if task_type == "classification":
-        return [*(m for m in available_metrics() if m not in (*PREFERENCE_METRICS, "exact_match")), *TRAINER_METRICS]
-    generative = ["exact_match", *TRAINER_METRICS]
-    return [*generative, *PREFERENCE_METRICS] if task_type == "preference" else generative
-
-
 def validate_task(task: DictConfig) -> None:
-    """Task spec shape, metric names, and that any local data file can be read."""
-    _require_choice("task.type", task.get("type"), TASK_TYPES)
-    sources = [k for k in ("generator", "hub_id", "data_files", "data_dir") if task.get(k)]
-    if not sources:
-        raise ConfigError(
-            "task", "has no data source; set one of task.generator, task.hub_id, task.data_files, task.data_dir"
-        )
-    names = [m.get("name") for m in task.get("metrics") or []]
-    if not names:
-        raise ConfigError("task.metrics", "must list at least one {name, higher_is_better}")
-    allowed = metrics_for(task.type)
-    for i, name in enumerate(names):
-        _require_choice(f"task.metrics[{i}].name", name, allowed)
-    _require_choice("task.primary_metric", task.get("primary_metric"), names)
-    for key in TASK_COLUMN_KEYS[task.type]:
-        if key == "prompt_column" and (task.get("prompt_template") or task.get("shared_prompt_marker")):
-            continue
-        if not isinstance(task.get(key), str) or not task.get(key):
-            raise ConfigError(f"task.{key}", f"must name a column of the data for a {task.type} task")
-    if task.type == "classification" and not task.get("label_names"):
-        raise ConfigError("task.label_names", "must list the class names in label order")
-    length = task.get("max_seq_length")
-    if length is not None and not _is_positive(length, integer=True):
-        raise ConfigError("task.max_seq_length", f"must be a positive integer or null (got {length!r})")
-    if "exact_match" in names and not task.get("answer_column"):
-        raise ConfigError("task.answer_column", "must name the reference-answer column when exact_match is a metric")
-    for key in ("answer_pattern", "reference_answer_pattern"):
-        if task.get(key):
-            try:
-                re.compile(task.get(key))
-            except re.error as error:
-                raise ConfigError(f"task.{key}", f"is not a valid regular expression: {error}") from None
-    files = task.get("data_files")
-    if files is not None:
-        items = files.items() if isinstance(files, DictConfig) else [(None, files)]
-        for split, path in items:
-            for one in [path] if isinstance(path, str) else path:
-                _check_readable("task.data_files" + (f".{split}" if split else ""), one)
-    if task.get("data_dir") is not None and not Path(task.data_dir).expanduser().is_dir():
-        raise ConfigError("task.data_dir", f"not a folder: {task.data_dir}")
+    """The task spec's keys and checks (harness.data.spec.TaskSpec)."""
+    from harness.data.spec import TaskSpec
+
+    TaskSpec.from_config(task).check()
 
 
 def validate_objective(objective: DictConfig, task: DictConfig) -> None:
@@ -229,7 +163,8 @@ def validate_objective(objective: DictConfig, task: DictConfig) -> None:
     types = list(objective.get("task_types") or [])
     if task.get("type") not in types:
         raise ConfigError(
-            "objective", f"{objective.name!r} does not train on {task.get('type')} tasks; it needs a task of type {' or '.join(types)}"
+            "objective",
+            f"{objective.name!r} does not train on {task.get('type')} tasks; it needs a task of type {' or '.join(types)}",
         )
     override = objective.get("primary_metric")
     if override is not None:
@@ -245,10 +180,14 @@ def primary_metric(cfg: DictConfig) -> dict[str, Any]:
     objective is judged by its reward accuracy; naming the metric for what it
     is keeps two quantities out of one report column.
     """
+    from harness.data.spec import TaskSpec
+    from harness.metrics import metric_entry
+
     override = (cfg.get("objective") or {}).get("primary_metric")
     if override is not None:
-        return {"name": override.name, "higher_is_better": bool(override.higher_is_better)}
-    primary = next(m for m in cfg.task.metrics if m.name == cfg.task.primary_metric)
+        entry = metric_entry(override)
+        return {"name": entry["name"], "higher_is_better": bool(entry["higher_is_better"])}
+    primary = TaskSpec.from_config(cfg.task).primary
     return {"name": primary.name, "higher_is_better": bool(primary.higher_is_better)}
 
 

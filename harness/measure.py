@@ -26,6 +26,8 @@ import psutil
 import torch
 from torch import nn
 
+from harness.compat import is_4bit_parameter
+
 PACKAGES = (
     "torch",
     "transformers",
@@ -53,9 +55,8 @@ def parameter_count(parameter: torch.Tensor) -> int:
     PEFT methods are counted the same way.
     """
     count = parameter.numel()
-    if parameter.__class__.__name__ == "Params4bit":
-        bytes_per_element = parameter.element_size() if hasattr(parameter, "element_size") else 1
-        count *= 2 * bytes_per_element
+    if is_4bit_parameter(parameter):
+        count *= 2 * parameter.element_size()
     return count
 
 
@@ -394,10 +395,15 @@ def folder_bytes(folder: Path) -> int:
 
 
 def _git(*args: str) -> str | None:
+    """git's answer in the source checkout the harness runs from; None for an installed package, whose folder
+    may well lie inside some other repository (a virtual environment in a project)."""
+    from harness.paths import source_checkout
+
+    checkout = source_checkout()
+    if checkout is None:
+        return None
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

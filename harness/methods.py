@@ -9,8 +9,6 @@ one class plus one YAML file. In every method the classification head trains.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import TrainerCallback
 
+from harness.compat import expose_legacy_cache_kwarg
 from harness.config import ConfigError, method_kwargs
 
 
@@ -110,7 +109,9 @@ def check_trains_something(architecture: nn.Module, method_object: Any, context:
         return
     method_object.apply(architecture, context)
     if not any(p.requires_grad for p in architecture.parameters()):
-        raise ConfigError("method", f"{name} leaves nothing to train in this model with this objective (no bias terms or no new head)")
+        raise ConfigError(
+            "method", f"{name} leaves nothing to train in this model with this objective (no bias terms or no new head)"
+        )
 
 
 def _peft_config_for_run(config: Any, context: MethodContext) -> Any:
@@ -120,37 +121,6 @@ def _peft_config_for_run(config: Any, context: MethodContext) -> Any:
     if hasattr(config, "modules_to_save") and config.modules_to_save is None:
         config.modules_to_save = list(context.head_modules)
     return config
-
-
-def _expose_legacy_cache_kwarg(model: nn.Module) -> None:
-    """Let PEFT prefix tuning reach encoders under transformers >= 5.
-
-    transformers 5 renamed the ``past_key_values`` argument of encoder
-    backbones to ``cache`` (the old name still works through a deprecation
-    shim), but PEFT 0.21 looks for the old name in the forward signature and
-    refuses prefix tuning. This gives the backbone instance a forward whose
-    signature has the old name and that passes it through unchanged.
-    """
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if backbone is None:
-        return
-    parameters = inspect.signature(backbone.forward).parameters
-    if "past_key_values" in parameters or "cache" not in parameters:
-        return
-    original = backbone.forward
-
-    @functools.wraps(original)
-    def forward(*args, past_key_values=None, **kwargs):
-        if past_key_values is not None:  # a decoder's own cache (generation) already arrives as ``cache``
-            kwargs["cache"] = past_key_values
-        return original(*args, **kwargs)
-
-    signature = [*parameters.values()]
-    legacy = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)
-    has_var_keyword = signature and signature[-1].kind is inspect.Parameter.VAR_KEYWORD
-    signature.insert(len(signature) - 1 if has_var_keyword else len(signature), legacy)
-    forward.__signature__ = inspect.signature(original).replace(parameters=signature)
-    backbone.forward = forward
 
 
 def apply_method(model: nn.Module, method_object: Any, context: MethodContext) -> nn.Module:
@@ -163,7 +133,7 @@ def apply_method(model: nn.Module, method_object: Any, context: MethodContext) -
     if context.quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if config.is_prompt_learning:
-        _expose_legacy_cache_kwarg(model)
+        expose_legacy_cache_kwarg(model)
     return get_peft_model(model, config)
 
 
@@ -201,7 +171,9 @@ def method_callbacks(model: nn.Module) -> list[Any]:
     return [RankAllocation()] if adalora_models(model) else []
 
 
-def rank_allocation(model: nn.Module, optimizer_steps: int | None = None, loss_from_model: bool = True) -> dict[str, Any] | None:
+def rank_allocation(
+    model: nn.Module, optimizer_steps: int | None = None, loss_from_model: bool = True
+) -> dict[str, Any] | None:
     """AdaLoRA's final rank per adapted module, as its allocator last set it (PEFT's ``rank_pattern``).
 
     The record lists it with the schedule it followed and whether training ran
@@ -234,7 +206,9 @@ def rank_allocation(model: nn.Module, optimizer_steps: int | None = None, loss_f
         **schedule,
         "optimizer_steps": optimizer_steps,
         "schedule_completed": optimizer_steps is not None and optimizer_steps >= schedule["total_step"],
-        "orthogonal_penalty": "in the model's loss (PEFT)" if loss_from_model else "absent: the objective computes its own loss",
+        "orthogonal_penalty": "in the model's loss (PEFT)"
+        if loss_from_model
+        else "absent: the objective computes its own loss",
         "modules": len(ranks),
         "initial_rank_budget": schedule["init_r"] * len(ranks),
         "target_rank_budget": schedule["target_r"] * len(ranks),

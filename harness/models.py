@@ -77,15 +77,13 @@ def model_folder(model: DictConfig) -> str:
         return str(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.compat import forget_gguf_quantization
+
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-        # The weights are plain float tensors now; transformers still tags the model as GGUF-quantized and
-        # refuses to save it, so drop the tag and save it as the ordinary model it is.
-        dequantized.hf_quantizer = None
-        dequantized.config.__dict__.pop("quantization_config", None)
-        dequantized.save_pretrained(staging)
+        forget_gguf_quantization(dequantized).save_pretrained(staging)
         AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
         os.replace(staging, target)
     except OSError:
@@ -123,12 +121,9 @@ def load_config(model: DictConfig, num_labels: int):
     return config
 
 
-# What a model is loaded as: a scorer with a new head (classification, reward) or a generator.
-# A value model (PPO) is a token classifier with one output: a score at every position.
-HEADS = ("sequence_classification", "causal_lm", "token_classification")
-
-
 def _auto_class(head: str):
+    """What a model is loaded as: a scorer with a new head (classification, reward), a generator, or a value
+    model (PPO: a token classifier with one output, a score at every position)."""
     import transformers
 
     names = {

@@ -15,10 +15,17 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from harness.config import primary_metric
+
+if TYPE_CHECKING:  # the report reads records without loading torch
+    from harness.objectives.base import FittedRun, ModelSizes
 
 # 2: memory per phase (train/eval) with weights, params split into method/head/auxiliary, run identity.
 SCHEMA_VERSION = 2
@@ -66,6 +73,156 @@ REQUIRED_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class SavedFiles:
+    """What a finished run wrote beside its record: the trained tensors and the generations."""
+
+    trained_bytes: int
+    artifact_dir: str | None  # where the trained tensors are kept (keep_artifacts=true), else None
+    samples_file: str | None  # ``<run_id>.samples.jsonl`` beside the record, None when there were no samples
+
+
+def started_record(cfg: DictConfig, rid: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """The record as it stands when training starts: what the run is, and every section still empty.
+
+    A run that fails is written from this, with whatever was filled in before the failure.
+    """
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": rid,
+        "status": None,
+        "error": None,
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "method": cfg.method.name,
+        "budget": cfg.budget.name,
+        "objective": cfg.objective.name,
+        "seed": cfg.seed,
+        "role": cfg.get("role", "run"),
+        "tuning": _tuning_fields(cfg),
+        "identity": identity,
+        "metrics": {},
+        "primary_metric": primary_metric(cfg),
+        "params": {},
+        "memory": {},
+        "rank_allocation": None,
+        "time": {},
+        "compute": {},
+        "learning_curve": [],
+        "training": {},
+        "data_sha256": identity["data_sha256"],
+        "config": identity_config(cfg),
+        "environment": {},
+    }
+
+
+def _tuning_fields(cfg: DictConfig) -> dict[str, Any] | None:
+    """Study, trial number and sampled values of a trial or final; None for a plain run."""
+    tuning = cfg.get("tuning")
+    if cfg.get("role", "run") == "run" or tuning is None:
+        return None
+    params = tuning.get("params")
+    return {
+        "study": tuning.get("study"),
+        "trial": tuning.get("trial"),
+        "params": OmegaConf.to_container(params) if params is not None else None,
+    }
+
+
+def wrapped_fields(sizes: ModelSizes) -> dict[str, Any]:
+    """Parameters and weights as the method wrapped the model: recorded at once, so a failed run keeps them."""
+    return {
+        "params": sizes.params,
+        "memory": {"weights_bytes": sizes.weights_bytes, "auxiliary_weights_bytes": sizes.auxiliary_weights_bytes},
+    }
+
+
+def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, saved: SavedFiles) -> dict[str, Any]:
+    """Every field a fitted run fills in ``record`` (as :func:`started_record` made it, environment set).
+
+    The one place a record's measurements are assembled, so that every objective's records have
+    the same keys, in the same order, meaning the same thing.
+    """
+    from harness.budget import sequence_length  # here, not at the top: the report reads records without torch
+    from harness.models import quantization_of
+
+    precision, spent = record["identity"]["precision"], fitted.spent
+    settings = {
+        "optimizer": cfg.train.optimizer,
+        "precision": precision,
+        "batch_size": cfg.budget.batch_size,
+        "max_seq_length": sequence_length(cfg),
+    }
+    metrics = {"validation": fitted.metrics["validation"], "test": fitted.metrics["test"]}
+    name = record["primary_metric"]["name"]
+    return {
+        "metrics": metrics,
+        "memory": {
+            **fitted.memory,
+            "device": record["identity"]["device_type"],
+            "gpu": record["environment"]["gpu"],
+            **_weights(fitted),
+            "quantization": quantization_of(cfg),
+            **settings,
+        },
+        "time": {
+            "train_seconds": spent.seconds,
+            "eval_seconds": fitted.final_eval_seconds + spent.eval_seconds_during_training,
+            "final_eval_seconds": fitted.final_eval_seconds,
+            "train_tokens_per_second": spent.train_tokens / spent.seconds if spent.seconds else None,
+        },
+        "compute": _compute(fitted),
+        "learning_curve": fitted.learning_curve,
+        "rank_allocation": fitted.rank_allocation,
+        "trained_bytes": saved.trained_bytes,
+        "artifact_dir": saved.artifact_dir,
+        "training": {
+            **settings,
+            "learning_rate": cfg.method.lr,
+            "weight_decay": cfg.train.weight_decay,
+            "lr_scheduler": fitted.schedule.lr_scheduler,
+            "warmup_steps": fitted.schedule.warmup_steps,
+            "max_grad_norm": cfg.train.max_grad_norm,
+            "data_seed": fitted.schedule.data_seed,
+        },
+        "samples_file": saved.samples_file,
+        "primary_metric": {
+            **record["primary_metric"],
+            "validation": metrics["validation"].get(name),
+            "test": metrics["test"].get(name),
+        },
+    }
+
+
+def _weights(fitted: FittedRun) -> dict[str, int]:
+    """The evaluated model's bytes and an auxiliary model's (taken when the method wrapped them), and the
+    frozen copies held beside them: references, reward models, TRL's "ref" adapter (all the rest)."""
+    sizes = fitted.sizes
+    own = sizes.weights_bytes + sizes.auxiliary_weights_bytes
+    return {
+        "weights_bytes": sizes.weights_bytes,
+        "auxiliary_weights_bytes": sizes.auxiliary_weights_bytes,
+        "frozen_models_bytes": max(0, fitted.held_weights_bytes - own),
+        "held_weights_bytes": fitted.held_weights_bytes,
+    }
+
+
+def _compute(fitted: FittedRun) -> dict[str, Any]:
+    """What training spent: the budget's tally, the examples and their order, then the objective's own costs."""
+    spent = fitted.spent
+    return {
+        "steps": spent.steps,
+        "train_tokens": spent.train_tokens,
+        "seconds": spent.seconds,
+        "eval_seconds_during_training": spent.eval_seconds_during_training,
+        "stop_reason": spent.stop_reason,
+        "samples": spent.samples,
+        "data_order_sha256": spent.data_order_sha256,
+        **spent.by_objective,
+    }
+
+
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     for dotted in NON_IDENTITY_KEYS:
@@ -85,7 +242,9 @@ def run_id(cfg: DictConfig, settled: dict[str, Any]) -> str:
     Package versions stay out: an upgrade should not orphan finished runs. The
     report keeps runs of different versions apart instead.
     """
-    canonical = json.dumps({"config": identity_config(cfg), "settled": settled}, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(
+        {"config": identity_config(cfg), "settled": settled}, sort_keys=True, separators=(",", ":"), default=str
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -105,6 +264,16 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 def write_lines(path: Path, lines: list[str]) -> None:
     """Atomic write of a text file, one line per entry (JSON Lines)."""
     _write_atomically(path, lambda out: out.write("".join(line + "\n" for line in lines)))
+
+
+def write_samples(path: Path, samples: list[dict[str, Any]]) -> str | None:
+    """Prompts, generations and scores beside the record at ``path`` (``<run_id>.samples.jsonl``), for
+    reading what was scored; the file's name, or None when there were none."""
+    if not samples:
+        return None
+    samples_path = path.with_suffix(".samples.jsonl")
+    write_lines(samples_path, [json.dumps(sample, ensure_ascii=False) for sample in samples])
+    return samples_path.name
 
 
 def _write_atomically(path: Path, write) -> None:

@@ -9,7 +9,6 @@ written is lost.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import traceback
@@ -24,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import budget as budget_stage
 from harness import data, measure, methods, models, records
-from harness.config import check_target_modules, primary_metric, validate
-from harness.objectives.base import RunInputs
+from harness.config import check_target_modules, validate
+from harness.objectives.base import FittedRun, RunInputs
 
 TRACEBACK_TAIL_LINES = 30
 # Messages of allocators that ran out (torch's CPU allocator raises RuntimeError, not MemoryError).
@@ -136,56 +135,6 @@ def _save_trained(model, folder: Path) -> int:
     return measure.folder_bytes(folder)
 
 
-def _strip_prefix(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
-    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and not k.endswith(skip)}
-
-
-def _base_record(prepared: PreparedRun) -> dict[str, Any]:
-    cfg = prepared.cfg
-    return {
-        "schema_version": records.SCHEMA_VERSION,
-        "run_id": prepared.run_id,
-        "status": None,
-        "error": None,
-        "started_at": datetime.now(timezone.utc).isoformat(),
-        "model": cfg.model.name,
-        "task": cfg.task.name,
-        "method": cfg.method.name,
-        "budget": cfg.budget.name,
-        "objective": cfg.objective.name,
-        "seed": cfg.seed,
-        "role": cfg.get("role", "run"),
-        "tuning": _tuning_fields(cfg),
-        "identity": prepared.identity,
-        "metrics": {},
-        "primary_metric": primary_metric(cfg),
-        "params": {},
-        "memory": {},
-        "rank_allocation": None,
-        "time": {},
-        "compute": {},
-        "learning_curve": [],
-        "training": {},
-        "data_sha256": prepared.identity["data_sha256"],
-        "config": records.identity_config(cfg),
-        "environment": {},
-    }
-
-
-def _tuning_fields(cfg: DictConfig) -> dict[str, Any] | None:
-    """Study, trial number and sampled values of a trial or final; None for a plain run."""
-    tuning = cfg.get("tuning")
-    if cfg.get("role", "run") == "run" or tuning is None:
-        return None
-    params = tuning.get("params")
-    return {
-        "study": tuning.get("study"),
-        "trial": tuning.get("trial"),
-        "params": OmegaConf.to_container(params) if params is not None else None,
-    }
-
-
 def error_kind(error: BaseException) -> str:
     """out_of_memory | non_finite_loss | exception: lets a report tell divergence and OOM from bugs."""
     if isinstance(error, budget_stage.NonFiniteLossError):
@@ -198,90 +147,36 @@ def error_kind(error: BaseException) -> str:
 
 
 def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: Path, callbacks: list[Any]) -> None:
-    cfg, device, precision = prepared.cfg, prepared.device, prepared.precision
-    record["environment"] = measure.environment(device)
+    """Fit, keep what trained and what was generated, and fill the record from the fitted run.
+
+    The record is filled as the run goes (environment first, sizes once the method wrapped the model),
+    so that a run failing midway is recorded with what it had measured.
+    """
+    record["environment"] = measure.environment(prepared.device)
     inputs = RunInputs(
-        cfg, prepared.splits, prepared.method_object, prepared.context, record, work_dir, device, precision, callbacks
+        cfg=prepared.cfg,
+        splits=prepared.splits,
+        method_object=prepared.method_object,
+        context=prepared.context,
+        work_dir=work_dir,
+        device=prepared.device,
+        precision=prepared.precision,
+        callbacks=callbacks,
+        on_wrapped=lambda sizes: record.update(records.wrapped_fields(sizes)),
     )
     fitted = prepared.objective.fit(inputs)
-    trainer, args = fitted.trainer, fitted.trainer.args
-    spent = {
-        **fitted.budget.spent(trainer.state),
-        "samples": trainer.samples_trained,
-        "data_order_sha256": trainer.data_order_fingerprint(),
-        **fitted.compute,
-    }
+    record.update(records.fitted_fields(record, prepared.cfg, fitted, _save(prepared, fitted, work_dir)))
+
+
+def _save(prepared: PreparedRun, fitted: FittedRun, work_dir: Path) -> records.SavedFiles:
+    """The trained tensors (kept under results/artifacts with keep_artifacts=true, else only measured) and the samples."""
+    cfg = prepared.cfg
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
-    settings = {
-        "optimizer": cfg.train.optimizer,
-        "precision": precision,
-        "batch_size": cfg.budget.batch_size,
-        "max_seq_length": budget_stage.sequence_length(cfg),
-    }
-    record.update(
-        metrics={
-            "validation": _strip_prefix(fitted.validation_metrics, "eval_"),
-            "test": _strip_prefix(fitted.test_metrics, "test_"),
-        },
-        memory={
-            **fitted.memory.as_record(),
-            "device": device.type,
-            "gpu": record["environment"]["gpu"],
-            **_weights(record["memory"], trainer.model, fitted.frozen_models),
-            "quantization": models.quantization_of(cfg),
-            **settings,
-        },
-        time={
-            "train_seconds": spent["seconds"],
-            "eval_seconds": fitted.eval_clock.seconds + spent["eval_seconds_during_training"],
-            "final_eval_seconds": fitted.eval_clock.seconds,
-            "train_tokens_per_second": spent["train_tokens"] / spent["seconds"] if spent["seconds"] else None,
-        },
-        compute=spent,
-        learning_curve=fitted.budget.learning_curve,
-        rank_allocation=methods.rank_allocation(
-            trainer.model, _allocator_steps(trainer), prepared.objective.loss_from_model
-        ),
-        trained_bytes=_save_trained(trainer.model, artifact_dir),
+    return records.SavedFiles(
+        trained_bytes=_save_trained(fitted.model, artifact_dir),
         artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
-        training={
-            **settings,
-            "learning_rate": cfg.method.lr,
-            "weight_decay": cfg.train.weight_decay,
-            "lr_scheduler": args.lr_scheduler_type,
-            "warmup_steps": args.warmup_steps,
-            "max_grad_norm": cfg.train.max_grad_norm,
-            "data_seed": args.data_seed,
-        },
+        samples_file=records.write_samples(prepared.record_path, fitted.samples),
     )
-    record["samples_file"] = _write_samples(prepared, fitted.samples)
-    name = record["primary_metric"]["name"]
-    record["primary_metric"].update(
-        validation=record["metrics"]["validation"].get(name), test=record["metrics"]["test"].get(name)
-    )
-
-
-def _allocator_steps(trainer) -> int | None:
-    """Optimizer steps AdaLoRA's allocator saw (None when the run had no allocator)."""
-    allocators = [c for c in trainer.callback_handler.callbacks if isinstance(c, methods.RankAllocation)]
-    return allocators[0].optimizer_steps if allocators else None
-
-
-def _weights(at_wrap: dict[str, int], trained, frozen_models: list[Any]) -> dict[str, int]:
-    """The evaluated model's bytes and an auxiliary model's (taken when the method wrapped them), and the
-    frozen copies held beside them: references, reward models, TRL's "ref" adapter (all the rest)."""
-    held = measure.tensor_bytes(trained, *frozen_models)
-    own = at_wrap["weights_bytes"] + at_wrap["auxiliary_weights_bytes"]
-    return {**at_wrap, "frozen_models_bytes": max(0, held - own), "held_weights_bytes": held}
-
-
-def _write_samples(prepared: PreparedRun, samples: list[dict[str, Any]]) -> str | None:
-    """Prompts, generations and scores beside the record (``<run_id>.samples.jsonl``), for reading what was scored."""
-    if not samples:
-        return None
-    path = prepared.record_path.with_suffix(".samples.jsonl")
-    records.write_lines(path, [json.dumps(sample, ensure_ascii=False) for sample in samples])
-    return path.name
 
 
 def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -291,7 +186,7 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
     one whose ``pruned`` is true after training makes the record ``pruned``.
     """
     callbacks = list(callbacks or [])
-    record = _base_record(prepared)
+    record = records.started_record(prepared.cfg, prepared.run_id, prepared.identity)
     work_dir = Path(tempfile.mkdtemp(prefix=f"harness-{prepared.run_id}-"))
     try:
         _train_and_measure(prepared, record, work_dir, callbacks)

@@ -1,7 +1,7 @@
 """Tuning inside one grid cell: its Optuna study, the trial reporter, its summary.
 
-The study sweeper (``hydra_plugins/harness_study_sweeper``) is the Hydra side:
-it crosses the grid and launches jobs. Everything here is plain Optuna and
+``harness.sweep`` crosses the grid and launches jobs (the Hydra plugin only
+adapts Hydra's interface to it). Everything here is plain Optuna and
 plain records, so a worker process (joblib, SLURM) can rebuild what it needs
 from its own config: the storage URL, the study name and the trial id.
 

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 from conftest import SHARED_DATA
 
-from harness import data
 from harness.config import ConfigError
 from harness.data import load_task, tokenize
+from harness.data.load import load_raw
 from harness.models import load_tokenizer
-from harness.tasks import synthetic
+from tasks.generators import synthetic
 
 
 @pytest.mark.parametrize("generator", [synthetic.sentiment, synthetic.entailment])
@@ -177,7 +177,7 @@ def test_glue_tasks_read_the_original_tsvs_with_their_official_row_counts(make_c
         pytest.skip(f"no {task} folder in {SHARED_DATA}")
     monkeypatch.chdir(tmp_path)  # a relative data_root is the project's, not the working directory's
     cfg = make_cfg(f"task={task}", "data_root=../shared/data")
-    raw = data._load_raw(cfg.task)
+    raw = load_raw(cfg.task)
     assert (len(raw["train"]), len(raw["validation"])) == GLUE_ROWS[task]
     splits = load_task(cfg.task)
     train, dev = GLUE_ROWS[task]

@@ -9,9 +9,11 @@ from conftest import compose_config
 
 from harness import data
 from harness.config import ConfigError, validate
+from harness.data.answers import extract_answer
+from harness.data.prompts import fill
 from harness.metrics import load_metric
 from harness.run import build_objective
-from harness.tasks import generative
+from tasks.generators import generative
 
 
 def _solve(problem: str) -> int:
@@ -47,7 +49,9 @@ def test_arithmetic_steps_set_the_number_of_operations_and_bad_steps_are_refused
     pairs = generative.arithmetic_preferences(50, 10, 10, seed=3, steps=[1])
     assert pairs["train"]["prompt"] == generative.arithmetic(50, 10, 10, seed=3, steps=[1])["train"]["prompt"]
     for bad in ([], [0], "1", [1.5], None):
-        with pytest.raises(ValueError, match="task.generator.steps must be a non-empty list of step counts from 1 to 6"):
+        with pytest.raises(
+            ValueError, match="task.generator.steps must be a non-empty list of step counts from 1 to 6"
+        ):
             generative.arithmetic(10, 5, 5, steps=bad)
 
 
@@ -84,13 +88,13 @@ def test_a_generator_that_cannot_fill_its_splits_says_so():
     ],
 )
 def test_answer_extraction(text, pattern, expected):
-    assert data.extract_answer(text, pattern) == expected
+    assert extract_answer(text, pattern) == expected
 
 
 def test_prompt_templates_drop_empty_paragraphs():
     template = "{instruction}\n\n{input}"
-    assert data._fill(template, {"instruction": "Add.", "input": "2 and 3"}) == "Add.\n\n2 and 3"
-    assert data._fill(template, {"instruction": "Say hi.", "input": ""}) == "Say hi."
+    assert fill(template, {"instruction": "Add.", "input": "2 and 3"}) == "Add.\n\n2 and 3"
+    assert fill(template, {"instruction": "Say hi.", "input": ""}) == "Say hi."
 
 
 def test_generative_metrics():
@@ -109,13 +113,22 @@ def test_tasks_choose_their_default_objective_and_the_command_line_overrides_it(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["task=arithmetic", "objective=dpo"], "objective: 'dpo' does not train on instruction tasks; it needs a task of type preference"),
+        (
+            ["task=arithmetic", "objective=dpo"],
+            "objective: 'dpo' does not train on instruction tasks; it needs a task of type preference",
+        ),
         (["task=toy_sentiment", "objective=sft"], "objective: 'sft' does not train on classification tasks"),
         (["task=arithmetic_pref", "objective.beta=0"], "objective.beta: must be a positive number (got 0)"),
-        (["task=arithmetic_pref", "objective.loss_type=nope"], "objective.loss_type: got 'nope'; allowed: sigmoid, ipo, hinge, robust"),
+        (
+            ["task=arithmetic_pref", "objective.loss_type=nope"],
+            "objective.loss_type: got 'nope'; allowed: sigmoid, ipo, hinge, robust",
+        ),
         (["task=arithmetic", "task.answer_column=null"], "task.answer_column: must name the reference-answer column"),
         (["task=arithmetic", "task.completion_column=null"], "task.completion_column: must name a column of the data"),
-        (["task=arithmetic", "task.answer_pattern='(unclosed'"], "task.answer_pattern: is not a valid regular expression"),
+        (
+            ["task=arithmetic", "task.answer_pattern='(unclosed'"],
+            "task.answer_pattern: is not a valid regular expression",
+        ),
     ],
 )
 def test_bad_objective_and_task_settings_are_one_line_errors(overrides, message):
@@ -127,7 +140,17 @@ def test_bad_objective_and_task_settings_are_one_line_errors(overrides, message)
 
 
 def test_a_missing_column_names_the_key_and_the_columns_present():
-    cfg = compose_config(["task=arithmetic_pref", "task.rejected_column=worse", "task.generator.n_train=10",
-                          "task.generator.n_validation=2", "task.generator.n_test=2"])
-    with pytest.raises(ConfigError, match=r"task.rejected_column: column 'worse' not in the train data; available: prompt, chosen, rejected, answer"):
+    cfg = compose_config(
+        [
+            "task=arithmetic_pref",
+            "task.rejected_column=worse",
+            "task.generator.n_train=10",
+            "task.generator.n_validation=2",
+            "task.generator.n_test=2",
+        ]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"task.rejected_column: column 'worse' not in the train data; available: prompt, chosen, rejected, answer",
+    ):
         data.load_task(cfg.task)

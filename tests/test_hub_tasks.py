@@ -19,15 +19,32 @@ def _write_jsonl(path, rows) -> str:
 
 
 ROWS = {
-    "alpaca": lambda i: {"instruction": f"Name a colour {i}.", "input": "" if i % 2 else f"context {i}", "output": "Blue."},
-    "dolly": lambda i: {"instruction": f"Summarise {i}.", "context": "A long text." if i % 2 else "", "response": "Short.", "category": "summarization"},
-    "gsm8k": lambda i: {"question": f"Tom has {i} apples and buys 2. How many?", "answer": f"He has {i}+2={i + 2}.\n#### {i + 2}"},
-    "hh_rlhf": lambda i: {"chosen": f"\n\nHuman: Hi {i}?\n\nAssistant: Hello, how can I help?",
-                          "rejected": f"\n\nHuman: Hi {i}?\n\nAssistant: Go away."},
-    "ultrafeedback_binarized": lambda i: {"prompt": f"Explain {i}.",
-                                          "chosen": [{"role": "user", "content": f"Explain {i}."}, {"role": "assistant", "content": "Good."}],
-                                          "rejected": [{"role": "user", "content": f"Explain {i}."}, {"role": "assistant", "content": "Bad."}],
-                                          "score_chosen": 8.0, "score_rejected": 3.0},
+    "alpaca": lambda i: {
+        "instruction": f"Name a colour {i}.",
+        "input": "" if i % 2 else f"context {i}",
+        "output": "Blue.",
+    },
+    "dolly": lambda i: {
+        "instruction": f"Summarise {i}.",
+        "context": "A long text." if i % 2 else "",
+        "response": "Short.",
+        "category": "summarization",
+    },
+    "gsm8k": lambda i: {
+        "question": f"Tom has {i} apples and buys 2. How many?",
+        "answer": f"He has {i}+2={i + 2}.\n#### {i + 2}",
+    },
+    "hh_rlhf": lambda i: {
+        "chosen": f"\n\nHuman: Hi {i}?\n\nAssistant: Hello, how can I help?",
+        "rejected": f"\n\nHuman: Hi {i}?\n\nAssistant: Go away.",
+    },
+    "ultrafeedback_binarized": lambda i: {
+        "prompt": f"Explain {i}.",
+        "chosen": [{"role": "user", "content": f"Explain {i}."}, {"role": "assistant", "content": "Good."}],
+        "rejected": [{"role": "user", "content": f"Explain {i}."}, {"role": "assistant", "content": "Bad."}],
+        "score_chosen": 8.0,
+        "score_rejected": 3.0,
+    },
 }
 
 
@@ -41,9 +58,17 @@ def test_hub_task_specs_compose_and_validate(name):
 @pytest.mark.parametrize("name", HUB_TASKS)
 def test_hub_tasks_load_from_local_files_in_their_hub_format(tmp_path, name):
     rows = [ROWS[name](i) for i in range(40)]
-    files = {"train": _write_jsonl(tmp_path / "train.jsonl", rows[:30]), "test": _write_jsonl(tmp_path / "test.jsonl", rows[30:])}
-    overrides = [f"task={name}", f"task.data_files={{train:{files['train']},test:{files['test']}}}",
-                 "task.validation_size=5", "task.train_split=train", "task.test_split=test"]
+    files = {
+        "train": _write_jsonl(tmp_path / "train.jsonl", rows[:30]),
+        "test": _write_jsonl(tmp_path / "test.jsonl", rows[30:]),
+    }
+    overrides = [
+        f"task={name}",
+        f"task.data_files={{train:{files['train']},test:{files['test']}}}",
+        "task.validation_size=5",
+        "task.train_split=train",
+        "task.test_split=test",
+    ]
     splits = data.load_task(compose_config(overrides).task)
     assert len(splits["validation"]) == 5 and len(splits["train"]) == 25 and len(splits["test"]) == 10
     row = splits["train"][0]

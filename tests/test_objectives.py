@@ -89,7 +89,10 @@ def test_dpo_implicit_reward_is_trls_own_and_starts_at_chance(preference_runs, m
 def test_lora_trains_a_sliver_and_objectives_share_the_data_order(preference_runs):
     _, runs = preference_runs
     assert runs[("dpo", "lora")]["params"]["method"] < runs[("dpo", "full")]["params"]["method"] / 100
-    assert runs[("dpo", "lora")]["compute"]["data_order_sha256"] == runs[("reward", "lora")]["compute"]["data_order_sha256"]
+    assert (
+        runs[("dpo", "lora")]["compute"]["data_order_sha256"]
+        == runs[("reward", "lora")]["compute"]["data_order_sha256"]
+    )
 
 
 def test_sft_on_an_instruction_task(tmp_path):
@@ -107,6 +110,24 @@ def test_a_sequence_budget_too_short_for_the_prompts_fails_with_a_clear_error(tm
     assert "max_seq_length=32 leaves no completion token" in record["error"]
 
 
+def test_a_trial_never_sees_the_test_split():
+    """One rule for every objective (base.held_out_splits, used by Objective.fit): trials select models on
+    validation only; runs and finals are scored on both, each capped to the same first rows."""
+    from datasets import Dataset, DatasetDict
+
+    from harness.objectives.base import held_out_splits
+
+    cfg = compose_config([*TINY_LM, "task=arithmetic"])
+    splits = DatasetDict(
+        {
+            name: Dataset.from_dict({"prompt": [f"{name} {i}" for i in range(6)]})
+            for name in ("train", "validation", "test")
+        }
+    )
+    held_out = held_out_splits(cfg, splits)
+    assert list(held_out) == ["eval", "test"] and held_out["test"]["prompt"] == [f"test {i}" for i in range(4)]
+    cfg.role = "trial"
+    assert list(held_out_splits(cfg, splits)) == ["eval"]
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +156,20 @@ def test_online_rl_objectives_write_records_with_their_rollout_cost(online_runs,
 
 
 def test_ppo_with_the_reward_model_of_a_reward_run(tmp_path):
-    reward = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=reward", "method=lora", "keep_artifacts=true")
+    reward = run_cli_with(
+        tmp_path, TINY_LM, "task=arithmetic_pref", "objective=reward", "method=lora", "keep_artifacts=true"
+    )
     assert reward.returncode == 0, reward.stderr[-3000:]
     (reward_record,) = records.load_records(tmp_path)
-    ppo = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=ppo", "method=lora",
-                       "objective.reward=model", f"objective.reward_run={reward_record['run_id']}")
+    ppo = run_cli_with(
+        tmp_path,
+        TINY_LM,
+        "task=arithmetic_pref",
+        "objective=ppo",
+        "method=lora",
+        "objective.reward=model",
+        f"objective.reward_run={reward_record['run_id']}",
+    )
     assert ppo.returncode == 0, ppo.stderr[-3000:]
     record = next(r for r in records.load_records(tmp_path) if r["objective"] == "ppo")
     assert record["status"] == "success", record.get("error")
@@ -153,10 +183,22 @@ def test_ppo_with_the_reward_model_of_a_reward_run(tmp_path):
     state = load_file(str(checkpoint))
     dropped = sorted(state)[0]
     save_file({**{k: v for k, v in state.items() if k != dropped}, "stray.weight": state[dropped]}, str(checkpoint))
-    cfg = compose_config([*TINY_LM, "task=arithmetic_pref", "objective=ppo", "method=lora", "objective.reward=model",
-                          f"objective.reward_run={reward_record['run_id']}", f"results_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"^objective.reward_run: .*adapter_model.safetensors does not match the reward "
-                                          r"model its record describes: 1 tensors missing .*, 1 unexpected \['stray.weight'\]$"):
+    cfg = compose_config(
+        [
+            *TINY_LM,
+            "task=arithmetic_pref",
+            "objective=ppo",
+            "method=lora",
+            "objective.reward=model",
+            f"objective.reward_run={reward_record['run_id']}",
+            f"results_dir={tmp_path}",
+        ]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^objective.reward_run: .*adapter_model.safetensors does not match the reward "
+        r"model its record describes: 1 tensors missing .*, 1 unexpected \['stray.weight'\]$",
+    ):
         build_objective(cfg)
 
 
@@ -164,36 +206,71 @@ def test_a_full_fine_tuned_reward_model_with_a_foreign_tensor_is_refused(tmp_pat
     """The trained.safetensors path (full, bitfit, bottleneck adapters): exactly the tensors that trained."""
     from safetensors.torch import load_file, save_file
 
-    reward = run_cli_with(tmp_path, TINY_LM, "task=arithmetic_pref", "objective=reward", "method=bitfit", "keep_artifacts=true")
+    reward = run_cli_with(
+        tmp_path, TINY_LM, "task=arithmetic_pref", "objective=reward", "method=bitfit", "keep_artifacts=true"
+    )
     assert reward.returncode == 0, reward.stderr[-3000:]
     (record,) = records.load_records(tmp_path)
-    cfg = compose_config([*TINY_LM, "task=arithmetic_pref", "objective=ppo", "method=lora", "objective.reward=model",
-                          f"objective.reward_run={record['run_id']}", f"results_dir={tmp_path}"])
+    cfg = compose_config(
+        [
+            *TINY_LM,
+            "task=arithmetic_pref",
+            "objective=ppo",
+            "method=lora",
+            "objective.reward=model",
+            f"objective.reward_run={record['run_id']}",
+            f"results_dir={tmp_path}",
+        ]
+    )
     build_objective(cfg)  # as saved: accepted
     checkpoint = Path(record["artifact_dir"]) / "trained.safetensors"
     state = load_file(str(checkpoint))
     save_file({**state, "model.embed_tokens.weight": next(iter(state.values())).clone()}, str(checkpoint))  # frozen
-    with pytest.raises(ConfigError, match=r"trained.safetensors does not match the reward model its record describes: "
-                                          r"0 tensors missing \[\], 1 unexpected \['model.embed_tokens.weight'\]$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trained.safetensors does not match the reward model its record describes: "
+        r"0 tensors missing \[\], 1 unexpected \['model.embed_tokens.weight'\]$",
+    ):
         build_objective(cfg)
+
 
 @pytest.mark.parametrize("objective", ["ppo", "rloo", "grpo"])
 def test_online_rl_refuses_a_missing_reward_run_before_loading_anything(tmp_path, objective):
-    cfg = compose_config([*TINY_LM, "task=arithmetic_pref", f"objective={objective}", "objective.reward=model",
-                          "objective.reward_run=0123456789abcdef", f"results_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=rf"^objective.reward_run: no successful objective=reward run '0123456789abcdef' in {tmp_path}/runs$"):
+    cfg = compose_config(
+        [
+            *TINY_LM,
+            "task=arithmetic_pref",
+            f"objective={objective}",
+            "objective.reward=model",
+            "objective.reward_run=0123456789abcdef",
+            f"results_dir={tmp_path}",
+        ]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"^objective.reward_run: no successful objective=reward run '0123456789abcdef' in {tmp_path}/runs$",
+    ):
         build_objective(cfg)
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["objective=ppo", "objective.num_minibatches=3"], "objective.num_minibatches: must divide budget.batch_size=4"),
+        (
+            ["objective=ppo", "objective.num_minibatches=3"],
+            "objective.num_minibatches: must divide budget.batch_size=4",
+        ),
         (["objective=ppo", "objective.gamma=1.5"], "objective.gamma: must be in [0, 1] (got 1.5)"),
         (["objective=ppo", "objective.kl_coef=-0.1"], "objective.kl_coef: must be a positive number (got -0.1)"),
-        (["objective=grpo", "objective.num_generations=3"], "objective.num_generations: must divide budget.batch_size=4 (got 3)"),
+        (
+            ["objective=grpo", "objective.num_generations=3"],
+            "objective.num_generations: must divide budget.batch_size=4 (got 3)",
+        ),
         (["objective=rloo", "objective.reward=oracle"], "objective.reward: got 'oracle'; allowed: verifiable, model"),
-        (["objective=ppo", "objective.reward=model"], "objective.reward_run: must name the run_id of an objective=reward run"),
+        (
+            ["objective=ppo", "objective.reward=model"],
+            "objective.reward_run: must name the run_id of an objective=reward run",
+        ),
     ],
 )
 def test_bad_online_rl_settings_are_one_line_errors(overrides, message):
@@ -204,9 +281,18 @@ def test_bad_online_rl_settings_are_one_line_errors(overrides, message):
 
 
 # A few LoRA steps of the real SmolLM2-135M-Instruct (the GGUF conversion is cached after the first run).
-SMOLLM2_FEW_STEPS = ["model=smollm2_135m", "method=lora", "budget=tiny", "budget.max_steps=3", "budget.eval_steps=3",
-                     "budget.batch_size=4", "budget.max_eval_samples=8", "task.generator.n_train=64",
-                     "task.generator.n_validation=8", "task.generator.n_test=8"]
+SMOLLM2_FEW_STEPS = [
+    "model=smollm2_135m",
+    "method=lora",
+    "budget=tiny",
+    "budget.max_steps=3",
+    "budget.eval_steps=3",
+    "budget.batch_size=4",
+    "budget.max_eval_samples=8",
+    "task.generator.n_train=64",
+    "task.generator.n_validation=8",
+    "task.generator.n_test=8",
+]
 
 
 @pytest.mark.slow

@@ -51,12 +51,16 @@ def test_clipped_policy_loss_takes_the_pessimistic_side():
 
 def test_policy_loss_ignores_padding_and_is_minus_advantage_at_ratio_one():
     advantages = torch.tensor([[2.0, 100.0]])
-    loss, _ = ppo_math.clipped_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), advantages, torch.tensor([[1.0, 0.0]]), 0.2)
+    loss, _ = ppo_math.clipped_policy_loss(
+        torch.zeros(1, 2), torch.zeros(1, 2), advantages, torch.tensor([[1.0, 0.0]]), 0.2
+    )
     assert loss.item() == pytest.approx(-2.0)
 
 
 def test_clipped_value_loss():
-    loss = ppo_math.clipped_value_loss(torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.2)
+    loss = ppo_math.clipped_value_loss(
+        torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.2
+    )
     # V moved 0.5 from V_old; clipped to 0.7: max((1−2)², (0.7−2)²) = 1.69, halved
     assert loss.item() == pytest.approx(0.845)
 

@@ -23,7 +23,11 @@ def test_run_id_ignores_output_paths_but_not_the_experiment(make_cfg, tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("device_type", "cuda"), ("precision", "bf16"), ("data_sha256", {"train": "other", "validation": "v", "test": "x"})],
+    [
+        ("device_type", "cuda"),
+        ("precision", "bf16"),
+        ("data_sha256", {"train": "other", "validation": "v", "test": "x"}),
+    ],
 )
 def test_what_a_run_settles_is_part_of_its_identity(make_cfg, key, value):
     """precision=auto is bf16 on a GPU and fp32 here; a generator or file can change under one config."""
@@ -62,7 +66,9 @@ def test_changed_data_under_the_same_config_is_a_new_run_not_a_skip(make_cfg, mo
 
     def edited(task):
         splits = original(task)
-        splits["train"] = splits["train"].map(lambda row, i: {"label": 1 - row["label"]} if i == 0 else {}, with_indices=True)
+        splits["train"] = splits["train"].map(
+            lambda row, i: {"label": 1 - row["label"]} if i == 0 else {}, with_indices=True
+        )
         return splits
 
     monkeypatch.setattr(data, "load_task", edited)
@@ -189,3 +195,66 @@ def test_every_evaluation_example_is_scored(make_cfg, monkeypatch):
         make_cfg(*TINY, "task.generator.n_validation=13", "task.generator.n_test=13", "budget.max_eval_samples=null")
     )
     assert set(seen) == {13}
+
+
+def test_a_fitted_run_is_the_whole_record_and_the_builder_reads_no_trainer(make_cfg):
+    """records.fitted_fields alone turns an objective's typed result into the record: every required field,
+    the sections in their order, and the files written beside it appended last (as run records always had)."""
+    from torch import nn
+
+    from harness.objectives.base import FittedRun, ModelSizes, Spending, TrainerSchedule
+
+    cfg = make_cfg(*TINY)
+    record = records.started_record(cfg, "0123456789abcdef", SETTLED)
+    record["environment"] = {"gpu": None}
+    sizes = ModelSizes(params={"method": 10, "head": 2, "total": 100}, weights_bytes=400, auxiliary_weights_bytes=0)
+    record.update(records.wrapped_fields(sizes))
+    assert record["memory"] == {"weights_bytes": 400, "auxiliary_weights_bytes": 0}  # what a failed run keeps
+    spent = Spending(
+        steps=2,
+        train_tokens=100,
+        seconds=4.0,
+        eval_seconds_during_training=1.0,
+        stop_reason="max_steps",
+        samples=16,
+        data_order_sha256="ab" * 32,
+        by_objective={"rollout_tokens": 7},
+    )
+    fitted = FittedRun(
+        model=nn.Linear(2, 2),
+        sizes=sizes,
+        held_weights_bytes=1000,
+        metrics={"validation": {"accuracy": 0.75}, "test": {"accuracy": 0.5}},
+        memory={"source": "linux_vmhwm"},
+        final_eval_seconds=2.0,
+        spent=spent,
+        learning_curve=[{"step": 2, "loss": 0.5}],
+        rank_allocation=None,
+        schedule=TrainerSchedule(lr_scheduler="linear", warmup_steps=0, data_seed=0),
+    )
+    saved = records.SavedFiles(trained_bytes=123, artifact_dir=None, samples_file=None)
+    record.update(records.fitted_fields(record, cfg, fitted, saved))
+    assert records.missing_fields(record) == []
+    assert list(record)[-3:] == ["trained_bytes", "artifact_dir", "samples_file"]
+    assert record["primary_metric"] == {"name": "accuracy", "higher_is_better": True, "validation": 0.75, "test": 0.5}
+    memory = record["memory"]
+    assert list(memory)[:3] == ["source", "device", "gpu"] and memory["device"] == "cpu"
+    assert (memory["frozen_models_bytes"], memory["held_weights_bytes"]) == (600, 1000)
+    assert record["time"] == {
+        "train_seconds": 4.0,
+        "eval_seconds": 3.0,
+        "final_eval_seconds": 2.0,
+        "train_tokens_per_second": 25.0,
+    }
+    assert list(record["compute"]) == [
+        "steps",
+        "train_tokens",
+        "seconds",
+        "eval_seconds_during_training",
+        "stop_reason",
+        "samples",
+        "data_order_sha256",
+        "rollout_tokens",
+    ]
+    assert record["training"]["lr_scheduler"] == "linear" and record["training"]["data_seed"] == 0
+    json.dumps(record)

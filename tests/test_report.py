@@ -14,7 +14,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness import records
-from harness.report import cli, plots, render, stats, summary, table
+from harness.report import cli, columns, plots, render, stats, summary, table
 
 # Hand-chosen test accuracies per method and seed.
 ACCURACY = {
@@ -29,31 +29,87 @@ HEAD = 770
 PACKAGES = {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "trl": "1.16.0"}
 
 
-def synthetic_record(method: str, seed: int, test: float | None, *, task="toy_sentiment", budget="tiny", role="run",
-                     status="success", higher_is_better=True, config_extra=None, tuning=None, **fields) -> dict:
-    config = {"model": {"name": "minilm"}, "task": {"name": task}, "method": {"name": method, "lr": 1e-3},
-              "budget": {"name": budget}, "seed": seed, "role": role, "tuning": tuning or {}}
+def synthetic_record(
+    method: str,
+    seed: int,
+    test: float | None,
+    *,
+    task="toy_sentiment",
+    budget="tiny",
+    role="run",
+    status="success",
+    higher_is_better=True,
+    config_extra=None,
+    tuning=None,
+    **fields,
+) -> dict:
+    config = {
+        "model": {"name": "minilm"},
+        "task": {"name": task},
+        "method": {"name": method, "lr": 1e-3},
+        "budget": {"name": budget},
+        "seed": seed,
+        "role": role,
+        "tuning": tuning or {},
+    }
     for dotted, value in (config_extra or {}).items():
         config["method"][dotted] = value
     record = {
-        "schema_version": 2, "status": status, "error": None, "role": role, "tuning": tuning or {},
-        "model": "minilm", "task": task, "method": method, "budget": budget, "objective": "cls", "seed": seed,
-        "metrics": {}, "primary_metric": {"name": "accuracy" if higher_is_better else "loss",
-                                          "higher_is_better": higher_is_better,
-                                          "validation": None if test is None else test + 0.01, "test": test},
-        "params": {"method": TRAINABLE[method], "head": HEAD, "auxiliary": 0, "trainable": TRAINABLE[method] + HEAD,
-                   "total": 22_700_000, "method_percent": 100 * TRAINABLE[method] / 22_700_000},
-        "memory": {"source": "linux_vmhwm", "device": "cpu", "gpu": None, "baseline_bytes": 2**30,
-                   "weights_bytes": 87 * 2**20, "train_peak_bytes": 2**30 + MEMORY_MIB[method] * 2**20,
-                   "train_peak_above_baseline_bytes": MEMORY_MIB[method] * 2**20,
-                   "eval_peak_bytes": 2**30 + 100 * 2**20, "eval_peak_above_baseline_bytes": 100 * 2**20},
+        "schema_version": 2,
+        "status": status,
+        "error": None,
+        "role": role,
+        "tuning": tuning or {},
+        "model": "minilm",
+        "task": task,
+        "method": method,
+        "budget": budget,
+        "objective": "cls",
+        "seed": seed,
+        "metrics": {},
+        "primary_metric": {
+            "name": "accuracy" if higher_is_better else "loss",
+            "higher_is_better": higher_is_better,
+            "validation": None if test is None else test + 0.01,
+            "test": test,
+        },
+        "params": {
+            "method": TRAINABLE[method],
+            "head": HEAD,
+            "auxiliary": 0,
+            "trainable": TRAINABLE[method] + HEAD,
+            "total": 22_700_000,
+            "method_percent": 100 * TRAINABLE[method] / 22_700_000,
+        },
+        "memory": {
+            "source": "linux_vmhwm",
+            "device": "cpu",
+            "gpu": None,
+            "baseline_bytes": 2**30,
+            "weights_bytes": 87 * 2**20,
+            "train_peak_bytes": 2**30 + MEMORY_MIB[method] * 2**20,
+            "train_peak_above_baseline_bytes": MEMORY_MIB[method] * 2**20,
+            "eval_peak_bytes": 2**30 + 100 * 2**20,
+            "eval_peak_above_baseline_bytes": 100 * 2**20,
+        },
         "time": {"train_seconds": 100.0, "eval_seconds": 5.0, "train_tokens_per_second": 1000.0},
         "compute": {"train_tokens": 100_000 if budget == "tiny" else 400_000, "steps": 150},
-        "learning_curve": [{"step": 0, "eval_accuracy": 0.5}, {"step": 50, "loss": 0.6},
-                           {"step": 50, "eval_accuracy": 0.8}],
-        "training": {}, "trained_bytes": 1000, "config": config,
-        "environment": {"cpu": "Test CPU", "cpu_count": 2, "device": "cpu", "gpu": None, "packages": dict(PACKAGES),
-                        "git_revision": "abc1234"},
+        "learning_curve": [
+            {"step": 0, "eval_accuracy": 0.5},
+            {"step": 50, "loss": 0.6},
+            {"step": 50, "eval_accuracy": 0.8},
+        ],
+        "training": {},
+        "trained_bytes": 1000,
+        "config": config,
+        "environment": {
+            "cpu": "Test CPU",
+            "cpu_count": 2,
+            "device": "cpu",
+            "gpu": None,
+            "packages": dict(PACKAGES),
+            "git_revision": "abc1234",
+        },
     }
     record.update(fields)
     return with_run_id(record)
@@ -69,7 +125,9 @@ def with_run_id(record: dict) -> dict:
 def _as_cfg(record):
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({**record["config"], "status_for_id": record["status"], "test_for_id": record["primary_metric"]["test"]})
+    return OmegaConf.create(
+        {**record["config"], "status_for_id": record["status"], "test_for_id": record["primary_metric"]["test"]}
+    )
 
 
 def write_records(results_dir, recs) -> None:
@@ -175,8 +233,115 @@ def test_best_value_per_column_is_bold(cells):
     assert row["Pareto"] == "params"
 
 
+# Per method: weights (MiB), train seconds, tokens per second; each cost column has another best method.
+COSTS = {
+    "full": (88, 300.0, 900.0),
+    "lora": (87, 120.4, 1500.0),
+    "ia3": (90, 120.36, 1400.0),
+    "prompt": (89, 150.0, 1450.0),
+}
+
+
+def _costly_records() -> list[dict]:
+    recs = []
+    for record in standard_records():
+        weights, seconds, speed = COSTS[record["method"]]
+        record["memory"] = {**record["memory"], "weights_bytes": weights * 2**20}
+        record["time"] = {**record["time"], "train_seconds": seconds, "train_tokens_per_second": speed}
+        recs.append(record)
+    return recs
+
+
+def test_each_registry_column_reads_and_bolds_as_declared():
+    """Hand-written expectations per column: a wrong direction bolds another method, a wrong format another text."""
+    cells = summary.summarize(summary.quality_rows(table.records_frame(_costly_records()), {}), "full")
+    (display,) = render.display_tables(cells, "full")
+    assert list(display.cells.columns) == [
+        "Method",
+        "accuracy (test)",
+        "n",
+        "95% CI",
+        "Method params",
+        "Method %",
+        "Trainable",
+        "Weights (MiB)",
+        "Train peak RSS (MiB)",
+        "Above load (MiB)",
+        "Train (s)",
+        "Tokens/s",
+        "Δ vs full",
+        "p (t)",
+        "p (W)",
+        "Pareto",
+    ]
+    assert display.align == "l" + "r" * 15
+    bold = display.bold.set_index(display.cells["Method"])
+    best = {header: sorted(bold.index[bold[header]]) for header in bold.columns if bold[header].any()}
+    assert best == {
+        "accuracy (test)": ["full"],  # higher is better for accuracy
+        "Method params": ["ia3"],
+        "Method %": ["ia3"],
+        "Trainable": ["ia3"],  # fewest
+        "Weights (MiB)": ["lora"],
+        "Train peak RSS (MiB)": ["prompt"],
+        "Above load (MiB)": ["prompt"],  # least
+        "Train (s)": ["ia3", "lora"],  # shortest: 120.36 and 120.4 both read 120.4, a tie
+        "Tokens/s": ["lora"],  # fastest
+    }
+    assert display.cells.set_index("Method").loc["lora"].to_dict() == {
+        "accuracy (test)": "0.900 ± 0.017",
+        "n": "3",
+        "95% CI": "[0.857, 0.943]",
+        "Method params": "40.00K",
+        "Method %": "0.176",
+        "Trainable": "40.77K",
+        "Weights (MiB)": "87",
+        "Train peak RSS (MiB)": "1,624",
+        "Above load (MiB)": "600",
+        "Train (s)": "120.4",
+        "Tokens/s": "1,500",
+        "Δ vs full": "-0.020",
+        "p (t)": "0.074",
+        "p (W)": "–",
+        "Pareto": "params, memory",
+    }
+
+
+def test_summary_columns_are_the_registry_in_its_order():
+    cells = summary.summarize(summary.quality_rows(table.records_frame(standard_records()), {}), "full")
+    assert list(cells.columns) == [*columns.keys(), "budget_rank"]
+    assert len(set(columns.keys())) == len(columns.COLUMNS)
+    assert all(c.source is not None for c in columns.COLUMNS if c.seeds)
+
+
+def test_a_registry_entry_adds_its_column_to_markdown_and_csv(tmp_path, monkeypatch):
+    entry = columns.Column("eval_s", "eval_s", columns.mean, "Eval (s)", columns.number, decimals=1, better="lower")
+    monkeypatch.setattr(columns, "COLUMNS", (*columns.COLUMNS, entry))
+    results = tmp_path / "results"
+    write_records(results, standard_records({"full": None, "lora": None}))
+    assert cli.main([str(results), "--formats", "md,csv"]) == 0
+    markdown = (results / "report" / "report.md").read_text()
+    assert "| Pareto | Eval (s) |" in markdown and "| params, memory | **5.0** |" in markdown  # a tie: both bold
+    written = pd.read_csv(results / "report" / "summary.csv")
+    assert list(written.columns)[-1] == "eval_s" and list(written["eval_s"]) == [5.0, 5.0]
+
+
+def test_the_notes_and_readme_state_the_statistics_constants():
+    (display,) = render.display_tables(
+        summary.summarize(summary.quality_rows(table.records_frame(standard_records()), {}), "full"), "full"
+    )
+    assert f"reported from {stats.MIN_WILCOXON_PAIRS} non-zero paired differences" in " ".join(display.notes)
+    assert f"t-based {stats.CONFIDENCE:.0%} CI" in display.caption
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"`MIN_WILCOXON_PAIRS` = {stats.MIN_WILCOXON_PAIRS}" in readme
+
+
 def test_lower_is_better_metrics_bold_the_minimum_and_flip_the_front():
-    recs = [synthetic_record(m, s, 1.0 - a, higher_is_better=False) for m in ("full", "ia3") for s, a in enumerate(ACCURACY[m])]
+    recs = [
+        synthetic_record(m, s, 1.0 - a, higher_is_better=False)
+        for m in ("full", "ia3")
+        for s, a in enumerate(ACCURACY[m])
+    ]
     cells = summary.summarize(summary.quality_rows(table.records_frame(recs), {}), "full")
     (display,) = render.display_tables(cells, "full")
     bold = display.bold.set_index(display.cells["Method"])
@@ -189,20 +354,34 @@ def test_a_grid_over_rank_gives_one_labelled_row_per_rank():
     frame = table.records_frame(recs)
     assert sorted(set(frame["label"])) == ["lora (r=4)", "lora (r=8)"]
     cells = summary.summarize(summary.quality_rows(frame, {}), "full")
-    assert dict(zip(cells["label"], cells["mean"], strict=True)) == pytest.approx({"lora (r=4)": 0.84, "lora (r=8)": 0.88})
+    assert dict(zip(cells["label"], cells["mean"], strict=True)) == pytest.approx(
+        {"lora (r=4)": 0.84, "lora (r=8)": 0.88}
+    )
 
 
 def test_tuned_cells_report_their_current_finals_only(tmp_path):
     tuning = {"study": "minilm/toy_sentiment/lora/tiny#abc", "trial": 1, "params": {"lr": 0.002, "r": 8}}
-    trials = [synthetic_record("lora", 0, None, role="trial", tuning={**tuning, "trial": t}, validation=0.9) for t in range(2)]
+    trials = [
+        synthetic_record("lora", 0, None, role="trial", tuning={**tuning, "trial": t}, validation=0.9) for t in range(2)
+    ]
     finals = [synthetic_record("lora", s, a, role="final", tuning=tuning) for s, a in enumerate([0.90, 0.92])]
     stale = synthetic_record("lora", 0, 0.10, role="final", tuning={**tuning, "trial": 0})
     untuned = [synthetic_record("lora", s, 0.5) for s in range(2)]
-    study = {"study": tuning["study"], "cell": {"task": "toy_sentiment", "budget": "tiny", "method": "lora"},
-             "finals": [{"run_id": f["run_id"]} for f in finals], "best": {"trial": 1, "value": 0.9, "params": tuning["params"]},
-             "search": {"space": {"lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 1e-2, "log": True}},
-                                  "r": {"name": "CategoricalDistribution", "attributes": {"choices": [4, 8, 16]}}}},
-             "states": {"complete": 2}, "trials": 2, "tuning_cost": {"train_seconds": 200.0}}
+    study = {
+        "study": tuning["study"],
+        "cell": {"task": "toy_sentiment", "budget": "tiny", "method": "lora"},
+        "finals": [{"run_id": f["run_id"]} for f in finals],
+        "best": {"trial": 1, "value": 0.9, "params": tuning["params"]},
+        "search": {
+            "space": {
+                "lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 1e-2, "log": True}},
+                "r": {"name": "CategoricalDistribution", "attributes": {"choices": [4, 8, 16]}},
+            }
+        },
+        "states": {"complete": 2},
+        "trials": 2,
+        "tuning_cost": {"train_seconds": 200.0},
+    }
     frame = table.records_frame([*trials, *finals, stale, *untuned])
     chosen = summary.quality_rows(frame, {study["study"]: study})
     assert sorted(chosen["run_id"]) == sorted(f["run_id"] for f in finals)
@@ -214,9 +393,11 @@ def test_tuned_cells_report_their_current_finals_only(tmp_path):
 
 
 def test_best_values_on_the_edge_of_their_range_are_flagged():
-    space = {"lr": {"attributes": {"low": 1e-5, "high": 1e-2, "log": True}},
-             "r": {"attributes": {"choices": [4, 8, 16, 32]}},
-             "dropout": {"attributes": {"low": 0.0, "high": 0.5, "log": False}}}
+    space = {
+        "lr": {"attributes": {"low": 1e-5, "high": 1e-2, "log": True}},
+        "r": {"attributes": {"choices": [4, 8, 16, 32]}},
+        "dropout": {"attributes": {"low": 0.0, "high": 0.5, "log": False}},
+    }
     assert summary.edge_params({"lr": 9.5e-3, "r": 8, "dropout": 0.25}, space) == ["lr"]
     assert summary.edge_params({"lr": 1e-4, "r": 4, "dropout": 0.49}, space) == ["r", "dropout"]
     assert summary.edge_params({"lr": 3e-4, "r": 16, "dropout": 0.1}, space) == []
@@ -288,18 +469,26 @@ def test_latex_table_compiles(tmp_path):
     write_records(results, standard_records())
     assert cli.main([str(results), "--formats", "tex"]) == 0
     document = tmp_path / "doc.tex"
-    document.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
-                        f"\\input{{{results / 'report' / 'summary.tex'}}}\\end{{document}}")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    document.write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+        f"\\input{{{results / 'report' / 'summary.tex'}}}\\end{{document}}"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:]
 
 
 def test_failed_and_pruned_runs_are_listed_and_kept_out_of_the_quality_table(tmp_path):
     results = tmp_path / "results"
     recs = standard_records({"full": None, "lora": None})
-    broken = synthetic_record("ia3", 0, None, status="failed", error="NonFiniteLossError: loss is nan at step 3",
-                              error_kind="non_finite_loss")
+    broken = synthetic_record(
+        "ia3", 0, None, status="failed", error="NonFiniteLossError: loss is nan at step 3", error_kind="non_finite_loss"
+    )
     pruned = synthetic_record("prompt", 0, None, status="pruned", pruned_at_step=50)
     write_records(results, [*recs, broken, pruned])
     (results / "runs" / ".half-written.tmp").write_text("{")
@@ -317,14 +506,18 @@ def test_failed_and_pruned_runs_are_listed_and_kept_out_of_the_quality_table(tmp
 
 
 def test_several_budgets_become_rows_with_bold_per_budget(tmp_path):
-    recs = standard_records() + [synthetic_record(m, s, a + 0.02, budget="small") for m in ("full", "ia3")
-                                 for s, a in enumerate(ACCURACY[m])]
+    recs = standard_records() + [
+        synthetic_record(m, s, a + 0.02, budget="small") for m in ("full", "ia3") for s, a in enumerate(ACCURACY[m])
+    ]
     cells = summary.summarize(summary.quality_rows(table.records_frame(recs), {}), "full")
     assert list(cells["budget"]) == ["tiny"] * 4 + ["small"] * 2  # ordered by training tokens, not by name
     (display,) = render.display_tables(cells, "full")
     assert "Budget" in display.cells.columns
     bold_quality = display.cells[display.bold["accuracy (test)"]]
-    assert list(zip(bold_quality["Budget"], bold_quality["Method"], strict=True)) == [("tiny", "full"), ("small", "full")]
+    assert list(zip(bold_quality["Budget"], bold_quality["Method"], strict=True)) == [
+        ("tiny", "full"),
+        ("small", "full"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -364,8 +557,12 @@ def test_the_console_script_is_installed_and_reports(tmp_path):
     results = tmp_path / "results"
     write_records(results, standard_records({"full": None, "lora": None}))
     script = Path(sys.executable).parent / "harness-report"
-    done = subprocess.run([str(script), str(results), "--out", str(tmp_path / "paper"), "--formats", "csv"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(script), str(results), "--out", str(tmp_path / "paper"), "--formats", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert f"wrote {tmp_path / 'paper' / 'summary.csv'}" in done.stdout.splitlines()
     assert "| Method | accuracy (test) | n | 95% CI |" in done.stdout  # the main table, printed
@@ -399,7 +596,9 @@ def test_zero_differences_do_not_count_toward_the_wilcoxon_pairs():
     assert math.isnan(stats.compare_paired(method, reference).p_wilcoxon)
     method[1] = 0.86  # six non-zero differences: reported, and equal to scipy's
     result = stats.compare_paired(method, reference)
-    assert result.p_wilcoxon == pytest.approx(scipy_stats.wilcoxon(list(method.values()), list(reference.values())).pvalue)
+    assert result.p_wilcoxon == pytest.approx(
+        scipy_stats.wilcoxon(list(method.values()), list(reference.values())).pvalue
+    )
 
 
 def test_a_nan_seed_is_left_out_of_the_pairs_and_named_in_a_note():
@@ -426,8 +625,16 @@ def test_one_table_never_mixes_test_and_validation_scores():
 
 
 def _on_gpu(record: dict, gpu: str = "NVIDIA H200") -> dict:
-    record = {**record, "memory": {**record["memory"], "device": "cuda", "gpu": gpu, "source": "cuda_max_memory_allocated",
-                                   "train_peak_bytes": 3 * 2**30}}
+    record = {
+        **record,
+        "memory": {
+            **record["memory"],
+            "device": "cuda",
+            "gpu": gpu,
+            "source": "cuda_max_memory_allocated",
+            "train_peak_bytes": 3 * 2**30,
+        },
+    }
     record["environment"] = {**record["environment"], "device": "cuda", "gpu": gpu}
     record["time"] = {**record["time"], "train_seconds": 5.0}
     return with_run_id(record)
@@ -476,11 +683,20 @@ def test_runs_of_different_library_versions_are_kept_apart_with_a_warning(tmp_pa
 
 def _tuned_records(tuning_seed: int, final_seeds: list[int]) -> tuple[list[dict], dict]:
     tuning = {"study": "minilm/toy_sentiment/lora/tiny#abc", "trial": 1, "params": {"lr": 0.002}}
-    trials = [synthetic_record("lora", tuning_seed, None, role="trial", tuning={**tuning, "trial": t}) for t in range(2)]
+    trials = [
+        synthetic_record("lora", tuning_seed, None, role="trial", tuning={**tuning, "trial": t}) for t in range(2)
+    ]
     finals = [synthetic_record("lora", s, 0.9, role="final", tuning=tuning) for s in final_seeds]
-    study = {"study": tuning["study"], "cell": {"task": "toy_sentiment", "budget": "tiny", "method": "lora"},
-             "tuning_seed": tuning_seed, "final_seeds": final_seeds, "finals": [{"run_id": f["run_id"]} for f in finals],
-             "best": {"trial": 1, "value": 0.9, "params": tuning["params"]}, "states": {"complete": 2}, "trials": 2}
+    study = {
+        "study": tuning["study"],
+        "cell": {"task": "toy_sentiment", "budget": "tiny", "method": "lora"},
+        "tuning_seed": tuning_seed,
+        "final_seeds": final_seeds,
+        "finals": [{"run_id": f["run_id"]} for f in finals],
+        "best": {"trial": 1, "value": 0.9, "params": tuning["params"]},
+        "states": {"complete": 2},
+        "trials": 2,
+    }
     return [*trials, *finals], {study["study"]: study}
 
 
@@ -493,8 +709,10 @@ def test_the_report_says_which_seed_tuned_and_which_seeds_were_scored():
     recs, studies = _tuned_records(0, [0, 1])  # set explicitly to a final seed: allowed, and said
     frame = table.records_frame(recs)
     (display,) = render.display_tables(summary.summarize(summary.quality_rows(frame, studies), "full", frame), "full")
-    assert "lora: final seed 0 is also a tuning seed (set explicitly), so that final repeats the winning trial's draw " \
-           "and carries the selection's optimism." in display.notes
+    assert (
+        "lora: final seed 0 is also a tuning seed (set explicitly), so that final repeats the winning trial's draw "
+        "and carries the selection's optimism." in display.notes
+    )
     assert summary.tuning_rows(frame, studies)["tuning_seed"].iloc[0] == 0
 
 
@@ -520,10 +738,17 @@ def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_superse
     replaces it instead of doubling n."""
     old = standard_records({"full": None, "lora": None})
     for record in old:
-        record.update(schema_version=1, finished_at="2026-11-01T00:00:00+00:00",
-                      params={"trainable": 40_770, "total": 22_700_770, "trainable_percent": 0.18},
-                      memory={"source": "process_rss_sampled_20ms", "device": "cpu", "peak_bytes": 2**31,
-                              "peak_above_baseline_bytes": 2**29})
+        record.update(
+            schema_version=1,
+            finished_at="2026-11-01T00:00:00+00:00",
+            params={"trainable": 40_770, "total": 22_700_770, "trainable_percent": 0.18},
+            memory={
+                "source": "process_rss_sampled_20ms",
+                "device": "cpu",
+                "peak_bytes": 2**31,
+                "peak_above_baseline_bytes": 2**29,
+            },
+        )
         record["primary_metric"]["test"] -= 0.3
     frame = table.records_frame(old)
     assert frame["train_peak_mib"].isna().all() and frame["method_params"].isna().all()
@@ -534,8 +759,15 @@ def test_schema_1_figures_are_not_shown_under_schema_2_names_and_a_rerun_superse
     assert cli.main([str(tmp_path / "old"), "--formats", "md"]) == 0  # the plots have no such figures to draw
     assert (tmp_path / "old" / "report" / "plots" / "toy_sentiment_quality_vs_params.png").is_file()
     new = [{**r, "finished_at": "2026-12-01T00:00:00+00:00"} for r in standard_records({"full": None, "lora": None})]
-    earlier = [{**r, "run_id": r["run_id"][::-1], "finished_at": "2026-11-20T00:00:00+00:00",
-                "primary_metric": {**r["primary_metric"], "test": 0.1}} for r in new]  # same experiment, older id
+    earlier = [
+        {
+            **r,
+            "run_id": r["run_id"][::-1],
+            "finished_at": "2026-11-20T00:00:00+00:00",
+            "primary_metric": {**r["primary_metric"], "test": 0.1},
+        }
+        for r in new
+    ]  # same experiment, older id
     current = summary.summarize(summary.quality_rows(table.records_frame([*old, *earlier, *new]), {}), "full")
     current = current[current["memory_source"] == "linux_vmhwm"].set_index("method")
     assert current.loc["lora", "n"] == 3 and current.loc["lora", "mean"] == pytest.approx(sum(ACCURACY["lora"]) / 3)

@@ -88,7 +88,10 @@ def _report_of_a_real_study(results_dir, studies) -> None:
     out = results_dir / "report"
     cells = pd.read_csv(out / "summary.csv").set_index("method")
     assert sorted(cells.index) == ["ia3", "lora"] and set(cells["n"]) == {2} and set(cells["role"]) == {"final"}
-    finals = {m: [r["primary_metric"]["test"] for r in _by_role(results_dir)["final"] if r["method"] == m] for m in cells.index}
+    finals = {
+        m: [r["primary_metric"]["test"] for r in _by_role(results_dir)["final"] if r["method"] == m]
+        for m in cells.index
+    }
     assert cells.loc["lora", "mean"] == pytest.approx(sum(finals["lora"]) / 2)
     tuning = pd.read_csv(out / "tuning.csv").set_index("label")
     for name, opt_study in studies.items():
@@ -100,8 +103,15 @@ def _report_of_a_real_study(results_dir, studies) -> None:
 
 def test_a_tuning_seed_set_to_a_final_seed_is_allowed_and_that_final_repeats_the_winning_draw(tmp_path):
     """Why the default tuning seed is one no final uses: a final on the tuning seed is the winning trial again."""
-    result = run_cli(tmp_path, *STUDY, "method=ia3", "hydra.sweeper.n_trials=2", "seed=0,1", "budget.max_steps=4",
-                     "hydra.sweeper.tuning_seed=0")
+    result = run_cli(
+        tmp_path,
+        *STUDY,
+        "method=ia3",
+        "hydra.sweeper.n_trials=2",
+        "seed=0,1",
+        "budget.max_steps=4",
+        "hydra.sweeper.tuning_seed=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tuning seed 0 is also a final seed (set explicitly)" in result.stdout + result.stderr
     (opt_study,) = _studies(tmp_path).values()
@@ -192,10 +202,18 @@ def test_a_cell_whose_trials_all_fail_is_recorded_and_the_other_cells_finish(tmp
         ),
         (["method=lora,nope"], "Could not find 'method/nope'"),
         pytest.param(["method=ia3,lora", "method.r=4"], "Could not override 'method.r'", marks=pytest.mark.slow),
-        pytest.param(["method=lora", "method.lora_dropout=2"], "error: method.lora_dropout: must be in [0, 1) (got 2)", marks=pytest.mark.slow),
+        pytest.param(
+            ["method=lora", "method.lora_dropout=2"],
+            "error: method.lora_dropout: must be in [0, 1) (got 2)",
+            marks=pytest.mark.slow,
+        ),
         (["method=lora", "hydra.sweeper.storage=optuna.db"], "error: hydra.sweeper.storage: must be an RDB URL"),
         (["method=lora", "seed=0,1000"], "error: hydra.sweeper.seeds: includes 1000, the default tuning seed"),
-        pytest.param(["method=lora", "tuning.trial=3"], "error: tuning.trial: is set by the study sweeper", marks=pytest.mark.slow),
+        pytest.param(
+            ["method=lora", "tuning.trial=3"],
+            "error: tuning.trial: is set by the study sweeper",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_bad_sweep_input_fails_before_anything_trains(tmp_path, overrides, message):
@@ -232,29 +250,70 @@ def test_submitit_launcher_runs_the_study_in_separate_processes(tmp_path):
     assert len({r["environment"].get("pid") for r in records.load_records(tmp_path)} | {os.getpid()}) == 4
 
 
-def test_the_slurm_preset_and_study_presets_compose():
+def test_the_slurm_preset_and_experiment_presets_compose():
     slurm = compose_config(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.gpus_per_node == 1 and slurm.array_parallelism == 8
-    demo = compose_config(["study=demo"], return_hydra_config=True)
+    demo = compose_config(["experiment=demo"], return_hydra_config=True)
     assert demo.hydra.sweeper._target_.endswith("StudySweeper") and demo.model.name == "minilm"
     assert demo.hydra.sweeper.grid.method == "full,lora,ia3" and demo.results_dir == "results/demo"
-    glue = compose_config(["study=peft_glue"], return_hydra_config=True)
+    glue = compose_config(["experiment=peft_glue"], return_hydra_config=True)
     assert glue.model.name == "roberta_base" and glue.hydra.sweeper.grid.task == "sst2,mrpc,rte,cola,qnli"
     assert list(glue.hydra.sweeper.seeds) == [0, 1, 2, 3, 4]
     for task, steps in (("sst2", 350), ("mrpc", 80)):  # each task its own steps, every method of it the same
-        cpu = compose_config(["study=glue_cpu", f"task={task}"], return_hydra_config=True)
+        cpu = compose_config(["experiment=glue_cpu", f"task={task}"], return_hydra_config=True)
         assert cpu.budget.max_steps == steps and cpu.data_root == "../shared/data" and cpu.model.name == "minilm"
     assert cpu.hydra.sweeper.grid.method == "full,lora,ia3,head" and cpu.hydra.sweeper.grid.task == "sst2,mrpc"
 
 
-def test_a_trial_from_another_device_or_precision_fails_instead_of_competing():
-    """Workers of two kinds sharing one storage: the study's first trial sets its setting; a trial that ran on
-    another device type or precision is told as failed, so a GPU trial never wins a CPU study's selection."""
-    from hydra_plugins.harness_study_sweeper.study_sweeper import _same_setting
+def test_the_plugin_crosses_hydra_overrides_into_cells_and_unwraps_what_hydras_launcher_returns(tmp_path):
+    """The adapter alone, in process and with a fake launcher (nothing trains): grid and command-line axes become
+    cells, ``seed=`` sets the finals, job numbers run on, and a job that raised is a failed trial."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import HydraContext
 
-    opt_study = optuna.create_study()
-    cpu = {"identity": {"device_type": "cpu", "precision": "fp32", "data_sha256": {}}, "tuning": {"trial": 0}}
-    gpu = {"identity": {"device_type": "cuda", "precision": "bf16", "data_sha256": {}}, "tuning": {"trial": 1}}
-    assert _same_setting(opt_study, cpu) and opt_study.user_attrs["setting"] == {"device_type": "cpu", "precision": "fp32"}
-    assert _same_setting(opt_study, cpu)
-    assert not _same_setting(opt_study, gpu)
+    from harness.cli import CONFIG_DIR
+    from harness.search import override_value
+
+    class FakeLauncher:
+        def __init__(self):
+            self.calls: list[tuple[int, list[list[str]]]] = []
+
+        def launch(self, batch, initial_job_idx):
+            self.calls.append((initial_job_idx, batch))
+            return [self._return(dict(o.split("=", 1) for o in overrides)) for overrides in batch]
+
+        @staticmethod
+        def _return(job):
+            if job["role"] == "trial" and job["tuning.trial"] == "0":
+                return JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("out of memory"))
+            record = {"run_id": f"{job['method']}-{job['role']}-{job['seed']}", "status": "success",
+                      "seed": int(job["seed"]), "identity": {"device_type": "cpu", "precision": "fp32"},
+                      "primary_metric": {"validation": 0.5, "test": 0.6}}  # fmt: skip
+            return JobReturn(status=JobStatus.COMPLETED, _return_value=record)
+
+    hydra_overrides = ["hydra/sweeper=study", "hydra.sweeper.n_trials=2", "hydra.sweeper.grid={method: 'lora,ia3'}",
+                       f"hydra.sweep.dir={tmp_path / 'multirun'}", f"results_dir={tmp_path}"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        config = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
+        from hydra.core.global_hydra import GlobalHydra
+
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
+        sweeper = Plugins.instance().instantiate_sweeper(hydra_context=context, task_function=None, config=config)
+        sweeper.launcher = launcher = FakeLauncher()
+        summaries = sweeper.sweep([*TINY, "task=toy_sentiment", "seed=3,4", f"results_dir={tmp_path}"])
+        with pytest.raises(SystemExit) as refused:
+            sweeper.sweep([*TINY, "task=toy_sentiment", "tuning.trial=3"])
+        assert refused.value.code == 2
+    assert [s["study"].split("#")[0] for s in summaries] == ["tiny_bert/toy_sentiment/lora/tiny",
+                                                            "tiny_bert/toy_sentiment/ia3/tiny"]  # fmt: skip
+    assert [idx for idx, _ in launcher.calls] == [0, 1, 2, 3, 4, 5, 6, 7]  # one job at a time, numbered on
+    for summary in summaries:
+        assert summary["states"]["fail"] == 1 and summary["states"]["complete"] == 1
+        assert summary["final_seeds"] == [3, 4] and [f["seed"] for f in summary["finals"]] == [3, 4]
+        jobs = [dict(o.split("=", 1) for o in batch[0]) for _, batch in launcher.calls]
+        mine = [j for j in jobs if j["tuning.study"] == override_value(summary["study"])]
+        assert [(j["role"], j["seed"]) for j in mine] == [("trial", "1000"), ("trial", "1000"), ("final", "3"),
+                                                         ("final", "4")]  # fmt: skip
+    assert (tmp_path / "multirun" / "multirun.yaml").is_file()

@@ -60,8 +60,16 @@ def _error(make_cfg, *overrides: str, base: tuple[str, ...] = tuple(TINY)) -> Co
             "available: premise, hypothesis, label",
         ),
         (["task.primary_metric=f2"], "task.primary_metric", "allowed: accuracy"),
-        (["task.metrics=[{name: reward_accuracy, higher_is_better: true}]"], "task.metrics[0].name", "allowed: accuracy, f1, matthews_correlation, loss"),
-        (["task.metrics=[{name: bleu, higher_is_better: true}]"], "task.metrics[0].name", "allowed: accuracy, f1, matthews_correlation, loss"),
+        (
+            ["task.metrics=[{name: reward_accuracy, higher_is_better: true}]"],
+            "task.metrics[0].name",
+            "allowed: accuracy, f1, matthews_correlation, loss",
+        ),
+        (
+            ["task.metrics=[{name: bleu, higher_is_better: true}]"],
+            "task.metrics[0].name",
+            "allowed: accuracy, f1, matthews_correlation, loss",
+        ),
         (["train.precision=fp8"], "train.precision", "allowed: auto, fp32, bf16, fp16"),
         (["train.optimizer=sgdd"], "train.optimizer", "adamw_torch"),
         (["seed=abc"], "seed", "integer"),
@@ -114,6 +122,14 @@ def test_cli_bad_rank_is_one_line_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: method.r: must be a positive integer (got 0)"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_old_preset_group_name_is_one_line_naming_the_new_one(tmp_path):
+    result = _cli("-m", "study=demo", f"results_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: study: the presets' group is named 'experiment' now (conf/experiment/); use experiment=demo"
+    ]
 
 
 def test_hub_task_offline_without_local_files_is_one_line(make_cfg):

@@ -4,6 +4,8 @@ import datasets
 import evaluate
 import numpy as np
 
+HIGHER_IS_BETTER = True
+
 
 class ExactMatch(evaluate.Metric):
     def _info(self):
@@ -11,7 +13,9 @@ class ExactMatch(evaluate.Metric):
             description=__doc__,
             citation="",
             inputs_description="predictions, references: answer strings",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references):

@@ -5,6 +5,8 @@ import numpy as np
 
 from ._classification import classification_info
 
+HIGHER_IS_BETTER = True
+
 
 class F1(evaluate.Metric):
     def _info(self):

@@ -13,6 +13,8 @@ import datasets
 import evaluate
 import numpy as np
 
+HIGHER_IS_BETTER = True  # for every quantity scored by it (harness.metrics.PREFERENCE_METRICS)
+
 
 class PreferenceAccuracy(evaluate.Metric):
     def _info(self):
@@ -20,7 +22,9 @@ class PreferenceAccuracy(evaluate.Metric):
             description=__doc__,
             citation="",
             inputs_description="predictions: score margins (chosen minus rejected); references: 1 (chosen is preferred)",
-            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("float64"), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references):

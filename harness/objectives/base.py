@@ -1,12 +1,13 @@
-"""What every objective shares: the Trainer settings, the measured train-then-evaluate sequence, its result.
+"""What every objective shares: the Trainer settings, the one measured fit sequence, its typed result.
 
 An objective (conf/objective/*.yaml, ``_target_`` one of the classes in this
 package) says which task types it trains on, what the model is loaded as
 (a scorer with a new head, or a generator), and how it trains. Everything
 that must be equal across objectives for a comparison to be fair lives here:
 the shared training settings (only the learning rate is the method's), the
-budget callback, and the same peak-memory and clock measurements around
-training and evaluation.
+held-out splits (a tuning trial never sees the test split), the budget
+callback, and :meth:`Objective.fit`, the one train-then-evaluate-then-measure
+sequence, which objectives shape through hooks and never rewrite.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,24 +23,71 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from harness import budget as budget_stage
-from harness import measure
+from harness import measure, methods
+from harness.data import cap_eval
+
+# Evaluation prefixes (the Trainer's ``metric_key_prefix``) and the splits they score, in evaluation order.
+HELD_OUT_SPLITS = {"eval": "validation", "test": "test"}
+# Trainer metrics that time an evaluation rather than score it: the record keeps its own clocks.
+TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
 
-@dataclass
+@dataclass(frozen=True)
+class ModelSizes:
+    """Parameters and weight bytes of the models as the method wrapped them, taken before a trainer adds
+    anything (TRL's frozen "ref" adapter), so that they say what the method made and nothing else."""
+
+    params: dict[str, Any]  # measure.parameter_counts: method, head, auxiliary, total, trainable, method_percent
+    weights_bytes: int  # the evaluated model
+    auxiliary_weights_bytes: int  # a model trained beside it (PPO's value model); 0 when there is none
+
+
+@dataclass(frozen=True)
+class Spending:
+    """What training consumed, whichever budget rule stopped it (the record's ``compute``)."""
+
+    steps: int
+    train_tokens: int  # non-padding tokens fed forward
+    seconds: float  # training time, periodic evaluation excluded
+    eval_seconds_during_training: float
+    stop_reason: str
+    samples: int  # examples trained on, in the objective's unit (pairs, prompts, completions)
+    data_order_sha256: str | None  # see DataOrderFingerprint; None when nothing trained
+    by_objective: dict[str, Any] = field(default_factory=dict)  # rollout tokens, reward-model passes, ...
+
+
+@dataclass(frozen=True)
+class TrainerSchedule:
+    """What the trainer resolved from the config: its learning-rate schedule and its data-order seed."""
+
+    lr_scheduler: str
+    warmup_steps: int
+    data_seed: int | None
+
+
+@dataclass(frozen=True)
 class FittedRun:
-    """A trained model with what was measured while training and evaluating it."""
+    """Everything a record says about one fit, typed, so that :func:`harness.records.fitted_fields` alone
+    builds the record and nothing outside the objective reads a trainer."""
 
-    trainer: Any
-    budget: budget_stage.BudgetCallback
-    memory: measure.MemoryMeter
-    eval_clock: measure.Stopwatch
-    validation_metrics: dict[str, Any]
-    test_metrics: dict[str, Any]
-    compute: dict[str, Any] = field(default_factory=dict)  # objective-specific spend (rollout tokens, ...)
+    model: nn.Module  # the trained model as the trainer holds it (saved as the run's artifact)
+    sizes: ModelSizes
+    held_weights_bytes: int  # the trained model and every frozen model held beside it, once each
+    metrics: dict[str, dict[str, float]]  # by split (validation, test), prefix and timings stripped; test {} in a trial
+    memory: dict[str, Any]  # peaks per phase (measure.MemoryMeter.as_record)
+    final_eval_seconds: float  # the evaluations after training
+    spent: Spending
+    learning_curve: list[dict[str, Any]]
+    rank_allocation: dict[str, Any] | None  # AdaLoRA's final ranks (methods.rank_allocation); None for other methods
+    schedule: TrainerSchedule
     samples: list[dict[str, Any]] = field(default_factory=list)  # generations kept beside the record
-    frozen_models: list[Any] = field(default_factory=list)  # references and reward models held beside the trained one
+
+
+def _ignore(sizes: ModelSizes) -> None:
+    """The default listener for sizes: nobody needs them before the fit returns."""
 
 
 @dataclass
@@ -49,11 +98,29 @@ class RunInputs:
     splits: Any
     method_object: Any
     context: Any
-    record: dict[str, Any]
     work_dir: Path
     device: torch.device
     precision: str
     callbacks: list[Any]
+    on_wrapped: Callable[[ModelSizes], None] = _ignore  # told the sizes at once: a run failing later still has them
+
+
+@dataclass(frozen=True)
+class WrappedModels:
+    """The models a run trains, as the method wrapped them (an objective may add fields for its trainer)."""
+
+    trained: nn.Module  # what the optimizer updates (PPO: policy and value model as one module)
+    evaluated: nn.Module  # whose quality and size the record reports (PPO: the policy)
+    head_modules: list[str]  # the task head's module names, counted apart from the method's parameters
+    auxiliary: nn.Module | None = None  # trained beside the evaluated model (PPO's value model)
+
+
+@dataclass(frozen=True)
+class TrainerSetup:
+    """A trainer ready to train, and the rows each final evaluation scores, by evaluation prefix."""
+
+    trainer: Any
+    evaluation_sets: dict[str, Any]
 
 
 # Where a batch's token ids are, by trainer: Trainer/SFT/reward, DPO's pairs, TRL's prompt tensors.
@@ -98,7 +165,7 @@ class EvaluationWindows:
 
     Periodic evaluation runs inside ``train``; without this, a pass over
     held-out data could set the run's *training* peak. ``memory_meter`` is set
-    by :func:`train_and_evaluate`; a trainer whose ``evaluate`` is its own
+    by :meth:`Objective.fit`; a trainer whose ``evaluate`` is its own
     (PPO's) wraps it in :meth:`evaluation_window` itself.
     """
 
@@ -118,7 +185,7 @@ class EvaluationWindows:
 
 
 class Objective(ABC):
-    """Base of every objective; subclasses set the class attributes and implement ``fit``."""
+    """Base of every objective: :meth:`fit` is the run, the hooks below are what differs between objectives."""
 
     head: str = "causal_lm"  # or "sequence_classification"
     peft_task_type: str = "CAUSAL_LM"
@@ -143,12 +210,141 @@ class Objective(ABC):
         """Optimizer steps the budget allows; None when only tokens or seconds bound it."""
         return int(budget.max_steps) * self.optimizer_steps_per_budget_step() if budget.get("max_steps") else None
 
-    @abstractmethod
     def fit(self, inputs: RunInputs) -> FittedRun:
-        """Load, wrap, train under the budget and evaluate: the measured run."""
+        """Load and wrap, count, train under the budget, evaluate the held-out splits, measure.
+
+        Written once for every objective, so that every figure is taken at the same
+        point of every run: sizes before a trainer adds anything, memory per phase,
+        the final evaluations timed apart from training. Hooks say what differs.
+        """
+        wrapped = self.load_models(inputs)
+        sizes = model_sizes(wrapped)
+        inputs.on_wrapped(sizes)
+        budget = budget_stage.BudgetCallback(inputs.cfg.budget)
+        callbacks = [budget, *methods.method_callbacks(wrapped.trained), *inputs.callbacks]
+        held_out = held_out_splits(inputs.cfg, inputs.splits)
+        setup = self.build_trainer(inputs, wrapped, held_out, callbacks)
+        meter, eval_clock, evaluated = self._train_and_evaluate(setup, list(held_out), inputs.device)
+        trainer = setup.trainer
+        frozen = [model for model in self.frozen_models(trainer, wrapped) if model is not None]
+        return FittedRun(
+            model=trainer.model,
+            sizes=sizes,
+            held_weights_bytes=measure.tensor_bytes(trainer.model, *frozen),
+            metrics={split: _scores(evaluated.get(prefix, {}), prefix) for prefix, split in HELD_OUT_SPLITS.items()},
+            memory=meter.as_record(),
+            final_eval_seconds=eval_clock.seconds,
+            spent=_spending(budget, trainer, self.spending(inputs, trainer)),
+            learning_curve=budget.learning_curve,
+            rank_allocation=methods.rank_allocation(trainer.model, _allocator_steps(callbacks), self.loss_from_model),
+            schedule=TrainerSchedule(trainer.args.lr_scheduler_type, trainer.args.warmup_steps, trainer.args.data_seed),
+            samples=self.samples(trainer),
+        )
+
+    def _train_and_evaluate(
+        self, setup: TrainerSetup, prefixes: list[str], device: torch.device
+    ) -> tuple[measure.MemoryMeter, measure.Stopwatch, dict[str, dict[str, Any]]]:
+        """Train, then time the final evaluations of ``prefixes`` (those :func:`held_out_splits` allows,
+        whatever sets the hook prepared), with memory measured per phase.
+
+        The meter's baseline is taken as training starts; evaluations (periodic
+        ones inside ``train`` and the final ones) are its evaluation windows, the
+        rest of ``train`` its training window.
+        """
+        trainer = setup.trainer
+        meter = trainer.memory_meter = measure.MemoryMeter(device)
+        meter.start()
+        try:
+            trainer.train()
+            meter.enter(None)  # training is over; only the evaluation windows below count
+            with measure.Stopwatch(device) as eval_clock:
+                evaluated = {
+                    prefix: self.evaluate_split(trainer, prefix, setup.evaluation_sets[prefix]) for prefix in prefixes
+                }
+        finally:
+            meter.stop()
+        return meter, eval_clock, evaluated
+
+    @abstractmethod
+    def load_models(self, inputs: RunInputs) -> WrappedModels:
+        """Hook: the models loaded and wrapped by the method (counted as they are, before any trainer exists)."""
+
+    @abstractmethod
+    def build_trainer(
+        self, inputs: RunInputs, wrapped: WrappedModels, held_out: dict[str, Any], callbacks: list[Any]
+    ) -> TrainerSetup:
+        """Hook: the trainer, given ``callbacks``, and what each held-out split (``held_out``, raw rows by
+        evaluation prefix, the test split absent in a trial) is scored on after training."""
+
+    def evaluate_split(self, trainer: Any, prefix: str, rows: Any) -> dict[str, Any]:
+        """Hook: one final evaluation, its metrics keyed ``<prefix>_<name>`` as the Trainer keys them."""
+        return trainer.evaluate(rows, metric_key_prefix=prefix)
+
+    def spending(self, inputs: RunInputs, trainer: Any) -> dict[str, Any]:
+        """Hook: what this objective spends beyond steps and tokens (rollout tokens, reward-model passes)."""
+        return {}
+
+    def frozen_models(self, trainer: Any, wrapped: WrappedModels) -> list[Any]:
+        """Hook: models held beside the trained one (a reference copy, a reward model): their weights count as memory."""
+        return []
+
+    def samples(self, trainer: Any) -> list[dict[str, Any]]:
+        """Hook: generations to keep beside the record (none for a scorer)."""
+        return []
 
 
-def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device: torch.device, config_class=None, **extra):
+def held_out_splits(cfg: DictConfig, splits) -> dict[str, Any]:
+    """The capped validation and test rows by evaluation prefix.
+
+    The one home of the rule that a tuning trial never sees the test split:
+    model selection must not, and only the finals' test figures are reported.
+    """
+    cap = cfg.budget.get("max_eval_samples")
+    prefixes = ["eval"] if cfg.get("role") == "trial" else list(HELD_OUT_SPLITS)
+    return {prefix: cap_eval(splits[HELD_OUT_SPLITS[prefix]], cap) for prefix in prefixes}
+
+
+def model_sizes(wrapped: WrappedModels) -> ModelSizes:
+    """What the method trains, what the head trains, and the model's size, right after the method wrapped it
+    (see :func:`harness.measure.parameter_counts`; 4-bit weights count as logical parameters).
+
+    The weights' bytes are taken here too, before a trainer adds anything (TRL's frozen "ref" adapter):
+    ``weights_bytes`` is the evaluated model as the method made it, ``auxiliary_weights_bytes`` a model
+    trained beside it (PPO's value model).
+    """
+    auxiliary = wrapped.auxiliary
+    return ModelSizes(
+        params=measure.parameter_counts(wrapped.evaluated, wrapped.head_modules, auxiliary),
+        weights_bytes=measure.tensor_bytes(wrapped.evaluated),
+        auxiliary_weights_bytes=measure.tensor_bytes(auxiliary) if auxiliary is not None else 0,
+    )
+
+
+def _scores(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """A Trainer's evaluation metrics without their prefix and without the evaluation's own timings."""
+    start = f"{prefix}_"
+    return {k[len(start) :]: v for k, v in metrics.items() if k.startswith(start) and not k.endswith(TIMING_METRICS)}
+
+
+def _spending(budget: budget_stage.BudgetCallback, trainer: Any, by_objective: dict[str, Any]) -> Spending:
+    """The budget's tally, with the examples trained on and their order (``DataOrderFingerprint``)."""
+    return Spending(
+        **budget.spent(trainer.state),
+        samples=trainer.samples_trained,
+        data_order_sha256=trainer.data_order_fingerprint(),
+        by_objective=by_objective,
+    )
+
+
+def _allocator_steps(callbacks: list[Any]) -> int | None:
+    """Optimizer steps AdaLoRA's allocator saw (None when the run had no allocator)."""
+    allocators = [c for c in callbacks if isinstance(c, methods.RankAllocation)]
+    return allocators[0].optimizer_steps if allocators else None
+
+
+def training_arguments(
+    cfg: DictConfig, output_dir: str, precision: str, device: torch.device, config_class=None, **extra
+):
     """The Trainer settings every method and objective shares; only the learning rate is the method's.
 
     ``data_seed`` fixes the sampler so every method sees the same batches in
@@ -192,37 +388,3 @@ def training_arguments(cfg: DictConfig, output_dir: str, precision: str, device:
     if config_class is not TrainingArguments:
         shared["gradient_checkpointing"] = False
     return config_class(**shared, **extra)
-
-
-def train_and_evaluate(trainer, budget: budget_stage.BudgetCallback, device: torch.device, evaluate) -> FittedRun:
-    """Train, then time the final evaluations (``evaluate() -> (val, test)``), with memory measured per phase.
-
-    The meter's baseline is taken as training starts; evaluations (periodic
-    ones inside ``train`` and the final ones) are its evaluation windows, the
-    rest of ``train`` its training window.
-    """
-    meter = trainer.memory_meter = measure.MemoryMeter(device)
-    meter.start()
-    try:
-        trainer.train()
-        meter.enter(None)  # training is over; only the evaluation windows below count
-        with measure.Stopwatch(device) as eval_clock:
-            validation_metrics, test_metrics = evaluate()
-    finally:
-        meter.stop()
-    return FittedRun(trainer, budget, meter, eval_clock, validation_metrics, test_metrics)
-
-
-def record_parameters(model, record: dict[str, Any], head_modules: list[str], auxiliary=None) -> None:
-    """What the method trains, what the head trains, and the model's size, right after the method wrapped it
-    (see :func:`harness.measure.parameter_counts`; 4-bit weights count as logical parameters).
-
-    The weights' bytes are taken here too, before a trainer adds anything (TRL's frozen "ref" adapter):
-    ``weights_bytes`` is the evaluated model as the method made it, ``auxiliary_weights_bytes`` a model
-    trained beside it (PPO's value model).
-    """
-    record["params"] = measure.parameter_counts(model, head_modules, auxiliary)
-    record["memory"] = {
-        "weights_bytes": measure.tensor_bytes(model),
-        "auxiliary_weights_bytes": measure.tensor_bytes(auxiliary) if auxiliary is not None else 0,
-    }

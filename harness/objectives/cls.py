@@ -13,13 +13,13 @@ from harness import budget as budget_stage
 from harness import data, methods, models
 from harness.metrics import load_metric
 from harness.objectives.base import (
+    HELD_OUT_SPLITS,
     DataOrderFingerprint,
     EvaluationWindows,
-    FittedRun,
     Objective,
     RunInputs,
-    record_parameters,
-    train_and_evaluate,
+    TrainerSetup,
+    WrappedModels,
     training_arguments,
 )
 
@@ -43,7 +43,7 @@ def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str
     return compute
 
 
-def build_trainer(
+def classification_trainer(
     model, tokenizer, train_data, eval_data, args: TrainingArguments, task: DictConfig, callbacks: list[Any]
 ) -> Trainer:
     trainer = ClassificationTrainer(
@@ -69,29 +69,23 @@ class ClassificationObjective(Objective):
     def num_labels(self, cfg: DictConfig) -> int:
         return len(cfg.task.label_names)
 
-    def fit(self, inputs: RunInputs) -> FittedRun:
-        """Load, wrap, train under the budget, evaluate; parameters are counted before training.
+    def load_models(self, inputs: RunInputs) -> WrappedModels:
+        cfg = inputs.cfg
+        model = models.load_classifier(cfg.model, self.num_labels(cfg), models.quantization_of(cfg), cfg.seed)
+        model = methods.apply_method(model, inputs.method_object, inputs.context)
+        return WrappedModels(trained=model, evaluated=model, head_modules=inputs.context.head_modules)
 
-        A tuning trial is not evaluated on the test split: model selection must
-        never see it, and only the finals' test figures are reported.
-        """
+    def build_trainer(
+        self, inputs: RunInputs, wrapped: WrappedModels, held_out: dict[str, Any], callbacks: list[Any]
+    ) -> TrainerSetup:
+        """The held-out splits scored tokenized as the training split is, capped as ``held_out`` is."""
         cfg = inputs.cfg
         tokenizer = models.load_tokenizer(cfg.model)
         tokenized = data.tokenize(inputs.splits, tokenizer, budget_stage.sequence_length(cfg))
-        validation = data.cap_eval(tokenized["validation"], cfg.budget.get("max_eval_samples"))
-        test = data.cap_eval(tokenized["test"], cfg.budget.get("max_eval_samples"))
-        model = models.load_classifier(cfg.model, self.num_labels(cfg), models.quantization_of(cfg), cfg.seed)
-        model = methods.apply_method(model, inputs.method_object, inputs.context)
-        record_parameters(model, inputs.record, inputs.context.head_modules)
-        callback = budget_stage.BudgetCallback(cfg.budget)
+        cap = cfg.budget.get("max_eval_samples")
+        evaluation_sets = {prefix: data.cap_eval(tokenized[HELD_OUT_SPLITS[prefix]], cap) for prefix in held_out}
         args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
-        callbacks = [callback, *methods.method_callbacks(model), *inputs.callbacks]
-        trainer = build_trainer(model, tokenizer, tokenized["train"], validation, args, cfg.task, callbacks)
-
-        def evaluate():
-            validation_metrics = trainer.evaluate(validation, metric_key_prefix="eval")
-            test_metrics = {} if cfg.get("role") == "trial" else trainer.evaluate(test, metric_key_prefix="test")
-            return validation_metrics, test_metrics
-
-        return train_and_evaluate(trainer, callback, inputs.device, evaluate)
-
+        trainer = classification_trainer(
+            wrapped.trained, tokenizer, tokenized["train"], evaluation_sets["eval"], args, cfg.task, callbacks
+        )
+        return TrainerSetup(trainer, evaluation_sets)

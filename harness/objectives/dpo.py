@@ -15,7 +15,7 @@ from typing import Any
 from harness import budget as budget_stage
 from harness import methods, models
 from harness.config import ConfigError
-from harness.objectives.causal import TRLObjective
+from harness.objectives.trl_trainers import TRLObjective
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
@@ -30,7 +30,9 @@ class DPOObjective(TRLObjective):
         if not isinstance(beta, int | float) or isinstance(beta, bool) or beta <= 0:
             raise ConfigError("objective.beta", f"must be a positive number (got {beta!r})")
         if self.settings.get("loss_type") not in LOSS_TYPES:
-            raise ConfigError("objective.loss_type", f"got {self.settings.get('loss_type')!r}; allowed: {', '.join(LOSS_TYPES)}")
+            raise ConfigError(
+                "objective.loss_type", f"got {self.settings.get('loss_type')!r}; allowed: {', '.join(LOSS_TYPES)}"
+            )
 
     def implicit_reward_beta(self) -> float | None:
         return float(self.settings["beta"])
@@ -41,7 +43,11 @@ class DPOObjective(TRLObjective):
         return DPOTrainer, DPOConfig
 
     def config_fields(self, cfg) -> dict[str, Any]:
-        return {"beta": float(self.settings["beta"]), "loss_type": [self.settings["loss_type"]], "max_length": budget_stage.sequence_length(cfg)}
+        return {
+            "beta": float(self.settings["beta"]),
+            "loss_type": [self.settings["loss_type"]],
+            "max_length": budget_stage.sequence_length(cfg),
+        }
 
     def trainer_kwargs(self, inputs, model) -> dict[str, Any]:
         if methods.is_peft_model(model) and not _one_adapter_only(model):

@@ -24,8 +24,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from harness.data import cap_eval, extract_answer
+from harness.compat import merge_into_evaluation_log, use_adapter
+from harness.data.answers import extract_answer
 from harness.metrics import load_metric
+from harness.objectives.base import HELD_OUT_SPLITS
+
+# Tokens a generation may add when the task sets no ``max_new_tokens``: greedy evaluation and RL rollouts alike.
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def max_new_tokens(task: DictConfig) -> int:
+    """How long a generation may grow on this task, the same for evaluation and for every objective's rollouts."""
+    return task.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
 
 
 @contextmanager
@@ -52,7 +62,9 @@ def padding_side(tokenizer, side: str):
 def chat_prompt(tokenizer, prompt: str) -> str:
     """The prompt as the model sees it: through its chat template when it has one, else as is."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     return prompt
 
 
@@ -94,7 +106,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
 
 def exact_match(model, tokenizer, rows: dict[str, list], task: DictConfig, batch_size: int) -> tuple[float, list[dict]]:
     """Exact match over the rows' prompts, and one sample per prompt (prompt, generation, answer, score)."""
-    generations = greedy_generate(model, tokenizer, rows["prompt"], task.get("max_new_tokens", 32), batch_size)
+    generations = greedy_generate(model, tokenizer, rows["prompt"], max_new_tokens(task), batch_size)
     predicted = [extract_answer(g, task.get("answer_pattern")) for g in generations]
     references = [str(a) for a in rows["answer"]]
     score = load_metric("exact_match").compute(predictions=predicted, references=references)["exact_match"]
@@ -106,7 +118,9 @@ def exact_match(model, tokenizer, rows: dict[str, list], task: DictConfig, batch
 
 
 @torch.no_grad()
-def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> list[tuple[float, int]]:
+def completion_logprobs(
+    model, tokenizer, prompts: list[str], completions: list[str], batch_size: int
+) -> list[tuple[float, int]]:
     """(sum of the log-probabilities, number) of each completion's tokens given its (chat-formatted) prompt.
 
     The completion's tokens are those the formatted conversation has beyond the
@@ -148,7 +162,9 @@ def rewards(model, tokenizer, prompts: list[str], completions: list[str], batch_
         for start in range(0, len(prompts), batch_size):
             texts = [
                 conversation_text(tokenizer, p, c)
-                for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size], strict=True)
+                for p, c in zip(
+                    prompts[start : start + batch_size], completions[start : start + batch_size], strict=True
+                )
             ]
             encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             scores += model(**encoded).logits[:, 0].float().tolist()
@@ -172,17 +188,6 @@ def pair_metrics(quantity: str, chosen: list[float], rejected: list[float]) -> d
 
 def mean_per_token(stats: list[tuple[float, int]]) -> list[float]:
     return [total / count if count else float("nan") for total, count in stats]
-
-
-# Evaluation prefixes and the splits they score (the sample file names the split).
-HELD_OUT_SPLITS = {"eval": "validation", "test": "test"}
-
-
-def held_out_splits(cfg: DictConfig, splits) -> dict[str, Any]:
-    """The capped validation and test rows by evaluation prefix; a tuning trial never sees the test split."""
-    cap = cfg.budget.get("max_eval_samples")
-    prefixes = ["eval"] if cfg.get("role") == "trial" else list(HELD_OUT_SPLITS)
-    return {prefix: cap_eval(splits[HELD_OUT_SPLITS[prefix]], cap) for prefix in prefixes}
 
 
 class GenerationEvalMixin:
@@ -216,10 +221,8 @@ class GenerationEvalMixin:
             self._pending = None
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if self._pending is not None and any(k.endswith("_runtime") for k in logs):
-            logs.update(self._pending)  # in place: evaluate() returns this same dict
-            runtime = next(k for k in logs if k.endswith("_runtime"))
-            logs[runtime] += self._pending_seconds  # generation is evaluation time, not training time
+        if self._pending is not None:  # inside evaluate(): its log gets the generation metrics and their time
+            merge_into_evaluation_log(logs, self._pending, self._pending_seconds)
         super().log(logs, *args, **kwargs)
 
     def score_held_out(self, held_out: dict[str, Any], task: DictConfig) -> None:
@@ -257,9 +260,13 @@ class GenerationEvalMixin:
         """Held-out pairs scored by what this model scores them by (see ``PREFERENCE_QUANTITIES``)."""
         model, tokenizer, batch = self.generation_model(), self.processing_class, self.args.per_device_eval_batch_size
         if self.scores_by_reward:
-            chosen, rejected = (rewards(model, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected"))
+            chosen, rejected = (
+                rewards(model, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected")
+            )
             return pair_metrics("reward", chosen, rejected)
-        chosen, rejected = (completion_logprobs(model, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected"))
+        chosen, rejected = (
+            completion_logprobs(model, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected")
+        )
         metrics = pair_metrics("mean_token_logprob", mean_per_token(chosen), mean_per_token(rejected))
         if self.implicit_reward_beta is not None:
             ref_chosen, ref_rejected = self._reference_scores(prefix, rows)
@@ -277,7 +284,8 @@ class GenerationEvalMixin:
             tokenizer, batch = self.processing_class, self.args.per_device_eval_batch_size
             with self.reference_model() as reference:
                 self._reference_logprobs[prefix] = tuple(
-                    completion_logprobs(reference, tokenizer, rows["prompt"], rows[c], batch) for c in ("chosen", "rejected")
+                    completion_logprobs(reference, tokenizer, rows["prompt"], rows[c], batch)
+                    for c in ("chosen", "rejected")
                 )
         return self._reference_logprobs[prefix]
 
@@ -289,8 +297,6 @@ class GenerationEvalMixin:
         if reference is not None:
             yield reference
             return
-        from trl.trainer.utils import use_adapter
-
         model = self.generation_model()
         with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
             yield model

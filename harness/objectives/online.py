@@ -15,10 +15,11 @@ from typing import Any
 
 from datasets import Dataset
 
+from harness.compat import pin_trl_reference
 from harness.config import ConfigError
-from harness.objectives.causal import TRLObjective
-from harness.objectives.generation import rewards
-from harness.objectives.ppo import check_reward_settings, load_reward_model, verifiable_scores
+from harness.objectives.generation import max_new_tokens, rewards
+from harness.objectives.rl_reward import check_reward_settings, load_reward_model, verifiable_scores
+from harness.objectives.trl_trainers import TRLObjective
 
 
 def _text(completion: Any) -> str:
@@ -39,7 +40,9 @@ class RolloutReward:
     def __call__(self, prompts, completions, answer=None, prompt_text=None, **_) -> list[float]:
         texts = [_text(c) for c in completions]
         if self.policy is None or self.policy.training:  # evaluation rollouts are not training compute
-            self.spent["rollout_tokens"] += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            self.spent["rollout_tokens"] += sum(
+                len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
+            )
             self.spent["reward_evaluations"] += len(texts)
             self.spent["reward_model_forward_passes"] += len(texts) if self.reward_model is not None else 0
         if self.reward_model is not None:
@@ -58,21 +61,26 @@ class OnlineRLObjective(TRLObjective):
             raise ConfigError("objective.num_generations", f"must be an integer of at least 2 (got {generations!r})")
         if cfg.budget.batch_size % generations:
             raise ConfigError(
-                "objective.num_generations", f"must divide budget.batch_size={cfg.budget.batch_size} (got {generations})"
+                "objective.num_generations",
+                f"must divide budget.batch_size={cfg.budget.batch_size} (got {generations})",
             )
         check_reward_settings(self.settings, cfg)
 
     def config_fields(self, cfg) -> dict[str, Any]:
         return {
             "num_generations": self.settings["num_generations"],
-            "max_completion_length": cfg.task.get("max_new_tokens", 32),
+            "max_completion_length": max_new_tokens(cfg.task),
             "beta": float(self.settings["beta"]),
             "temperature": float(self.settings["temperature"]),
         }
 
     def train_rows(self, split: Dataset) -> Dataset:
         def convert(row: dict[str, Any]) -> dict[str, Any]:
-            return {"prompt": [{"role": "user", "content": row["prompt"]}], "prompt_text": row["prompt"], "answer": row.get("answer")}
+            return {
+                "prompt": [{"role": "user", "content": row["prompt"]}],
+                "prompt_text": row["prompt"],
+                "answer": row.get("answer"),
+            }
 
         return split.map(convert, remove_columns=split.column_names)
 
@@ -88,22 +96,18 @@ class OnlineRLObjective(TRLObjective):
         self.reward.policy = model
         return {"reward_funcs": [self.reward]}
 
-    def spent(self) -> dict[str, Any]:
-        return dict(self.reward.spent)
+    def spending(self, inputs, trainer) -> dict[str, Any]:
+        """Beside the examples, what the training rollouts cost (``RolloutReward``'s tally)."""
+        return {**super().spending(inputs, trainer), **self.reward.spent}
 
-    def frozen_models(self, trainer) -> list[Any]:
-        return [*super().frozen_models(trainer), self.reward.reward_model]
+    def frozen_models(self, trainer, wrapped) -> list[Any]:
+        return [*super().frozen_models(trainer, wrapped), self.reward.reward_model]
 
     def _pin_reference(self, inputs, model) -> None:
         """TRL rebuilds the KL reference of a non-PEFT model from ``config._name_or_path``; point that at the
-        starting weights, saved once, so a model drawn at random (tests) or wrapped by the method gets itself."""
-        from harness import methods
-
-        if methods.is_peft_model(model) or not self.settings["beta"]:
-            return
-        folder = inputs.work_dir / "reference"
-        model.save_pretrained(folder)
-        model.config._name_or_path = str(folder)
+        starting weights, saved once, so a model drawn at random (tests) or wrapped by the method gets itself
+        (``compat.pin_trl_reference``)."""
+        pin_trl_reference(model, self.settings["beta"], inputs.work_dir / "reference")
 
 
 class RLOOObjective(OnlineRLObjective):

@@ -6,7 +6,7 @@ former PPOTrainer):
 1. **Rollout**: the policy samples a completion per prompt.
 2. **Score**: the reward is a verifiable check of the answer (embedded and
    GSM8K-style tasks) or a frozen reward model trained by ``objective=reward``
-   (``objective.reward_run=<run_id>``).
+   (``objective.reward_run=<run_id>``); both are in ``rl_reward``.
 3. **Per-token reward**: −β·KL(policy‖reference) on every generated token,
    the score added on the last one. With a PEFT method the reference is the
    same model with its adapter disabled (no second copy); otherwise a frozen
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,22 +34,30 @@ from torch import nn
 from transformers import Trainer, TrainerState
 
 from harness import budget as budget_stage
-from harness import data, methods, models, records
+from harness import compat, methods, models
 from harness.config import ConfigError
 from harness.objectives import ppo_math
 from harness.objectives.base import (
     DataOrderFingerprint,
     EvaluationWindows,
-    FittedRun,
     Objective,
     RunInputs,
-    record_parameters,
-    train_and_evaluate,
+    TrainerSetup,
+    WrappedModels,
     training_arguments,
 )
-from harness.objectives.generation import GenerationEvalMixin, chat_prompt, held_out_splits, padding_side, rewards
+from harness.objectives.generation import GenerationEvalMixin, chat_prompt, max_new_tokens, padding_side
+from harness.objectives.rl_reward import check_reward_settings, load_reward_model, model_reward, verifiable_reward
 
-POSITIVE_SETTINGS = ("kl_coef", "clip_range", "clip_range_value", "vf_coef", "temperature", "ppo_epochs", "num_minibatches")
+POSITIVE_SETTINGS = (
+    "kl_coef",
+    "clip_range",
+    "clip_range_value",
+    "vf_coef",
+    "temperature",
+    "ppo_epochs",
+    "num_minibatches",
+)
 UNIT_SETTINGS = ("gamma", "lam")
 
 
@@ -118,12 +125,12 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, T
 
     def train(self, **kwargs):
         """Rollout, score, update, repeated under the budget; dropout off so that the first update's ratio is 1."""
-        from trl.trainer.utils import disable_dropout_in_model
-
         args = self.args
-        disable_dropout_in_model(self.model)
+        compat.disable_dropout(self.model)
         self.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
-        self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps, eval_steps=args.eval_steps)
+        self.state = TrainerState(
+            max_steps=args.max_steps, logging_steps=args.logging_steps, eval_steps=args.eval_steps
+        )
         self.state.is_world_process_zero = True
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         if args.eval_on_start:
@@ -157,14 +164,23 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, T
         tokenizer, policy, settings = self.processing_class, self.model.policy, self.ppo
         device = next(policy.parameters()).device
         with padding_side(tokenizer, "left"):
-            queries = tokenizer([chat_prompt(tokenizer, p) for p in batch["prompt"]], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
+            queries = tokenizer(
+                [chat_prompt(tokenizer, p) for p in batch["prompt"]],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(device)
         self.note_batch(queries["input_ids"].cpu().numpy().tobytes(), len(batch["prompt"]))
         policy.eval()
         with torch.no_grad():
             generated = policy.generate(
-                **queries, do_sample=True, temperature=settings["temperature"], top_k=0, top_p=1.0,
-                max_new_tokens=self.task.get("max_new_tokens", 32), pad_token_id=tokenizer.pad_token_id,
+                **queries,
+                do_sample=True,
+                temperature=settings["temperature"],
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens(self.task),
+                pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
             q = queries["input_ids"].shape[1]
@@ -179,18 +195,32 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, T
             else:
                 ref_logprobs = response_logprobs(self.reference, generated, attention, q, temperature)
             old_values = response_values(self.model.value, generated, attention, q)
-            texts = tokenizer.batch_decode(responses * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True)
+            texts = tokenizer.batch_decode(
+                responses * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True
+            )
             scores = torch.tensor(self.reward_fn(batch, texts), dtype=torch.float32, device=device)
         policy.train()
-        return dict(ids=generated, attention=attention, mask=mask, q=q, old_logprobs=old_logprobs,
-                    ref_logprobs=ref_logprobs, old_values=old_values, scores=scores)
+        return dict(
+            ids=generated,
+            attention=attention,
+            mask=mask,
+            q=q,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            old_values=old_values,
+            scores=scores,
+        )
 
     def _ppo_step(self, batch) -> dict[str, float]:
         s = self.ppo
         rollout = self._rollout(batch)
         mask, q = rollout["mask"], rollout["q"]
-        rewards_ = ppo_math.per_token_rewards(rollout["scores"], rollout["old_logprobs"], rollout["ref_logprobs"], mask, s["kl_coef"])
-        advantages, returns = ppo_math.generalized_advantages(rewards_, rollout["old_values"], mask, s["gamma"], s["lam"])
+        rewards_ = ppo_math.per_token_rewards(
+            rollout["scores"], rollout["old_logprobs"], rollout["ref_logprobs"], mask, s["kl_coef"]
+        )
+        advantages, returns = ppo_math.generalized_advantages(
+            rewards_, rollout["old_values"], mask, s["gamma"], s["lam"]
+        )
         advantages = ppo_math.masked_whiten(advantages, mask)
         size = len(mask)
         minibatch = max(1, size // int(s["num_minibatches"]))
@@ -203,8 +233,11 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, T
                 logprobs = response_logprobs(self.model.policy, ids, attention, q, s["temperature"])
                 values = response_values(self.model.value, ids, attention, q)
                 policy_loss, clip_fraction = ppo_math.clipped_policy_loss(
-                    logprobs, rollout["old_logprobs"][i], advantages[i], mask[i], s["clip_range"])
-                value_loss = ppo_math.clipped_value_loss(values, rollout["old_values"][i], returns[i], mask[i], s["clip_range_value"])
+                    logprobs, rollout["old_logprobs"][i], advantages[i], mask[i], s["clip_range"]
+                )
+                value_loss = ppo_math.clipped_value_loss(
+                    values, rollout["old_values"][i], returns[i], mask[i], s["clip_range_value"]
+                )
                 loss = policy_loss + s["vf_coef"] * value_loss
                 if not torch.isfinite(loss):
                     raise budget_stage.NonFiniteLossError(f"PPO loss is {loss.item()} at step {self.state.global_step}")
@@ -235,138 +268,14 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, T
         }
 
 
-def check_reward_settings(settings: dict[str, Any], cfg) -> None:
-    """The reward of an online RL objective (PPO, RLOO, GRPO): a verifiable answer check or a reward run."""
-    source = settings.get("reward")
-    if source not in ("verifiable", "model"):
-        raise ConfigError("objective.reward", f"got {source!r}; allowed: verifiable, model")
-    if source == "verifiable" and not cfg.task.get("answer_column"):
-        raise ConfigError("objective.reward", "verifiable needs a task with an answer_column; use reward=model")
-    if source == "model":
-        reward_run_record(cfg, settings.get("reward_run"))
+@dataclasses.dataclass(frozen=True)
+class PPOModels(WrappedModels):
+    """Beside the policy and its value model, what PPO's trainer needs: the reference and the reward."""
 
-
-def reward_run_record(cfg, run_id: str | None) -> dict[str, Any]:
-    """The record of the reward run a policy is trained against; it must have succeeded and kept a model
-    whose tensors are exactly those its config describes (checked from the file's header, no weights read)."""
-    if not run_id:
-        raise ConfigError("objective.reward_run", "must name the run_id of an objective=reward run (keep_artifacts=true)")
-    record = records.read_record(records.record_path(cfg.results_dir, run_id))
-    if record is None or record.get("status") != "success" or record.get("objective") != "reward":
-        raise ConfigError("objective.reward_run", f"no successful objective=reward run {run_id!r} in {cfg.results_dir}/runs")
-    folder = record.get("artifact_dir")
-    if not folder or not Path(folder).is_dir():
-        raise ConfigError("objective.reward_run", f"run {run_id} kept no model; rerun it with keep_artifacts=true")
-    _check_checkpoint(record)
-    return record
-
-
-ADAPTER_FILE, TRAINED_FILE = "adapter_model.safetensors", "trained.safetensors"
-
-
-def _reward_method(reward_cfg):
-    """The reward run's method object and context, rebuilt from its record's config as the run built them."""
-    from omegaconf import OmegaConf
-
-    sites = reward_cfg.model.get("adapter_sites")
-    context = methods.MethodContext(
-        head_modules=list(reward_cfg.model.head_modules),
-        adapter_sites=OmegaConf.to_container(sites) if sites is not None else {},
-        peft_task_type="SEQ_CLS",
-        total_steps=reward_cfg.budget.get("max_steps"),
-    )
-    return methods.build_method(reward_cfg.method, context), context
-
-
-def _checkpoint_keys(folder: Path) -> tuple[Path, set[str]]:
-    from safetensors import safe_open
-
-    path = folder / (ADAPTER_FILE if (folder / ADAPTER_FILE).exists() else TRAINED_FILE)
-    if not path.is_file():
-        raise ConfigError("objective.reward_run", f"{folder} holds neither {ADAPTER_FILE} nor {TRAINED_FILE}")
-    try:
-        with safe_open(str(path), framework="pt") as checkpoint:
-            return path, set(checkpoint.keys())
-    except Exception as error:  # noqa: BLE001 - a torn or foreign file, reported as one line
-        raise ConfigError("objective.reward_run", f"cannot read {path}: {str(error).splitlines()[0]}") from None
-
-
-def _expected_keys(reward_cfg, peft_file: bool) -> set[str]:
-    """The tensor names the reward run saved, from its architecture on the meta device (no weights)."""
-    skeleton = models.skeleton(reward_cfg.model, 1, "sequence_classification")
-    method, context = _reward_method(reward_cfg)
-    model = methods.apply_method(skeleton, method, context)
-    if peft_file:
-        from peft import get_peft_model_state_dict
-
-        return set(get_peft_model_state_dict(model))
-    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-
-
-def _check_keys(expected: set[str], found: set[str], where: Path) -> None:
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if missing or unexpected:
-        raise ConfigError(
-            "objective.reward_run",
-            f"{where} does not match the reward model its record describes: {len(missing)} tensors missing "
-            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}",
-        )
-
-
-def _check_checkpoint(record: dict[str, Any]) -> None:
-    from omegaconf import OmegaConf
-
-    path, found = _checkpoint_keys(Path(record["artifact_dir"]))
-    _check_keys(_expected_keys(OmegaConf.create(record["config"]), path.name == ADAPTER_FILE), found, path)
-
-
-def verifiable_scores(task, completions: list[str], answers: list[Any]) -> list[float]:
-    """1 when the answer extracted from a completion equals its reference answer, else 0."""
-    pattern = task.get("answer_pattern")
-    return [float(data.extract_answer(c, pattern) == str(a).strip()) for c, a in zip(completions, answers, strict=True)]
-
-
-def verifiable_reward(task):
-    def score(batch, completions: list[str]) -> list[float]:
-        return verifiable_scores(task, completions, batch["answer"])
-
-    return score
-
-
-def load_reward_model(cfg, run_id: str):
-    """The frozen reward model of a successful ``objective=reward`` run kept with ``keep_artifacts=true``.
-
-    Its checkpoint's tensor names were checked against the architecture before
-    anything loaded (``reward_run_record``): a file holding other tensors, or
-    missing some, never loads. A tensor of the right name but another shape
-    (another rank) fails in PyTorch's own load, which checks shapes.
-    """
-    from omegaconf import OmegaConf
-
-    record = reward_run_record(cfg, run_id)
-    folder = Path(record["artifact_dir"])
-    reward_cfg = OmegaConf.create(record["config"])
-    model = models.load_classifier(reward_cfg.model, 1, None, reward_cfg.seed)
-    if (folder / ADAPTER_FILE).exists():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(folder)).eval().requires_grad_(False), record
-    from safetensors.torch import load_file
-
-    method, context = _reward_method(reward_cfg)
-    model = methods.apply_method(model, method, context)
-    state = load_file(str(folder / TRAINED_FILE))
-    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    _check_keys(trained, set(state), folder / TRAINED_FILE)  # the file holds exactly what trained
-    model.load_state_dict(state, strict=False)  # the frozen base is not in the file, by design
-    return model.eval().requires_grad_(False), record
-
-
-def model_reward(reward_model, tokenizer, batch_size: int):
-    def score(batch, completions: list[str]) -> list[float]:
-        return rewards(reward_model, tokenizer, list(batch["prompt"]), completions, batch_size)
-
-    return score
+    reference: nn.Module | None = None  # a frozen copy for a non-PEFT policy; None: the policy without its adapter
+    reward_model: nn.Module | None = None  # the reward run's frozen model (reward=model)
+    reward_fn: Any = None  # (batch, completions) -> scores
+    tokenizer: Any = None
 
 
 class PPOObjective(Objective):
@@ -389,7 +298,9 @@ class PPOObjective(Objective):
     def optimizer_steps_per_budget_step(self) -> int:
         return int(self.settings["ppo_epochs"]) * int(self.settings["num_minibatches"])
 
-    def fit(self, inputs: RunInputs) -> FittedRun:
+    def load_models(self, inputs: RunInputs) -> PPOModels:
+        """The reward, the policy, its value model (the same method on a one-label token head) and, for a
+        non-PEFT method, a frozen reference copy (a PEFT policy is its own reference, adapter disabled)."""
         cfg, s = inputs.cfg, self.settings
         tokenizer = models.load_tokenizer(cfg.model)
         reward_model = None
@@ -399,34 +310,56 @@ class PPOObjective(Objective):
         else:
             reward_fn = verifiable_reward(cfg.task)
         quantization = models.quantization_of(cfg)
-        policy = methods.apply_method(models.load_causal_lm(cfg.model, quantization, cfg.seed), inputs.method_object, inputs.context)
-        value_context = dataclasses.replace(inputs.context, head_modules=list(cfg.model.head_modules),
-                                            peft_task_type="TOKEN_CLS")
+        policy = methods.apply_method(
+            models.load_causal_lm(cfg.model, quantization, cfg.seed), inputs.method_object, inputs.context
+        )
+        value_context = dataclasses.replace(
+            inputs.context, head_modules=list(cfg.model.head_modules), peft_task_type="TOKEN_CLS"
+        )
         value_model = models.load_model(cfg.model, quantization, cfg.seed, "token_classification", 1)
         value_model = methods.apply_method(value_model, methods.build_method(cfg.method, value_context), value_context)
         reference = None
         if not methods.is_peft_model(policy):
             reference = models.load_causal_lm(cfg.model, quantization, cfg.seed).eval().requires_grad_(False)
-        model = PolicyAndValue(policy, value_model)
-        record_parameters(policy, inputs.record, [], auxiliary=value_model)
-        held_out = held_out_splits(cfg, inputs.splits)
-        callback = budget_stage.BudgetCallback(cfg.budget)
+        return PPOModels(
+            trained=PolicyAndValue(policy, value_model),
+            evaluated=policy,
+            head_modules=[],
+            auxiliary=value_model,
+            reference=reference,
+            reward_model=reward_model,
+            reward_fn=reward_fn,
+            tokenizer=tokenizer,
+        )
+
+    def build_trainer(
+        self, inputs: RunInputs, wrapped: PPOModels, held_out: dict[str, Any], callbacks: list[Any]
+    ) -> TrainerSetup:
+        """PPO's trainer; its evaluation scores the held-out rows it was given, so the sets carry no rows."""
+        cfg, s = inputs.cfg, self.settings
         args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
         trainer = PPOTrainer(
-            model=model, args=args, train_dataset=inputs.splits["train"], eval_dataset=held_out["eval"], processing_class=tokenizer,
-            callbacks=[callback, *methods.method_callbacks(model), *inputs.callbacks], ppo={k: s[k] for k in (*POSITIVE_SETTINGS, *UNIT_SETTINGS)},
-            reference=reference, reward_fn=reward_fn, task=cfg.task,
+            model=wrapped.trained,
+            args=args,
+            train_dataset=inputs.splits["train"],
+            eval_dataset=held_out["eval"],
+            processing_class=wrapped.tokenizer,
+            callbacks=callbacks,
+            ppo={k: s[k] for k in (*POSITIVE_SETTINGS, *UNIT_SETTINGS)},
+            reference=wrapped.reference,
+            reward_fn=wrapped.reward_fn,
+            task=cfg.task,
         )
         trainer.score_held_out(held_out, cfg.task)
+        return TrainerSetup(trainer, dict.fromkeys(held_out))
 
-        def evaluate():
-            validation = trainer.evaluate(metric_key_prefix="eval")
-            test = trainer.evaluate(metric_key_prefix="test") if "test" in held_out else {}
-            return validation, test
+    def spending(self, inputs: RunInputs, trainer: PPOTrainer) -> dict[str, Any]:
+        """Rollout tokens, rewards and PPO updates, and the reward model's forward passes (none when verifiable)."""
+        passes = trainer.spent["reward_evaluations"] if self.settings["reward"] == "model" else 0
+        return {**trainer.spent, "reward_model_forward_passes": passes}
 
-        fitted = train_and_evaluate(trainer, callback, inputs.device, evaluate)
-        fitted.compute = {**trainer.spent, "reward_model_forward_passes": trainer.spent["reward_evaluations"] if s["reward"] == "model" else 0}
-        fitted.samples = trainer.samples_by_split()
-        fitted.frozen_models = [m for m in (reference, reward_model) if m is not None]
-        return fitted
+    def frozen_models(self, trainer: PPOTrainer, wrapped: PPOModels) -> list[Any]:
+        return [wrapped.reference, wrapped.reward_model]
 
+    def samples(self, trainer: PPOTrainer) -> list[dict[str, Any]]:
+        return trainer.samples_by_split()

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness import budget as budget_stage
 from harness import models
-from harness.objectives.causal import TRLObjective
+from harness.objectives.trl_trainers import TRLObjective
 
 
 class RewardObjective(TRLObjective):

@@ -14,7 +14,7 @@ from typing import Any
 from datasets import Dataset
 
 from harness import budget as budget_stage
-from harness.objectives.causal import TRLObjective, conversational
+from harness.objectives.trl_trainers import TRLObjective, conversational
 
 
 class SFTObjective(TRLObjective):

@@ -125,8 +125,16 @@ def _figures(folder, tables, cells, chosen, frame, tuning, studies, records) -> 
         rows = cells[[tuple(key) == display.key for key in cells[summary.DISPLAY].itertuples(index=False)]]
         slug, title = render.slug(display.title), display.title
         paths = [
-            plots.save(plots.tradeoff(rows, "method_params", "method parameters (log)", True, palette, title), folder, f"{slug}_quality_vs_params"),
-            plots.save(plots.tradeoff(rows, "train_peak_mib", "training peak memory (MiB)", False, palette, title), folder, f"{slug}_quality_vs_memory"),
+            plots.save(
+                plots.tradeoff(rows, "method_params", "method parameters (log)", True, palette, title),
+                folder,
+                f"{slug}_quality_vs_params",
+            ),
+            plots.save(
+                plots.tradeoff(rows, "train_peak_mib", "training peak memory (MiB)", False, palette, title),
+                folder,
+                f"{slug}_quality_vs_memory",
+            ),
             plots.save(plots.quality_vs_budget(rows, palette, title), folder, f"{slug}_quality_vs_budget"),
         ]
         run_ids = set(chosen.loc[chosen["cell"].isin(rows["cell"]) & _in_display(chosen, display), "run_id"])
@@ -134,7 +142,12 @@ def _figures(folder, tables, cells, chosen, frame, tuning, studies, records) -> 
         if not display_curves.empty:
             figure = plots.training_curves(display_curves, rows["metric"].iloc[0], palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_training_curves"))
-        trials = frame[frame["study"].isin(rows["cell"]) & _in_display(frame, display) & (frame["role"] == "trial") & frame["tuned_params"].notna()]
+        trials = frame[
+            frame["study"].isin(rows["cell"])
+            & _in_display(frame, display)
+            & (frame["role"] == "trial")
+            & frame["tuned_params"].notna()
+        ]
         if not trials.empty and not tuning.empty:
             figure = plots.tuning_isolation(trials, tuning, spaces, palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_tuning"))
@@ -147,19 +160,38 @@ def _in_display(rows: pd.DataFrame, display) -> pd.Series:
     trials never take in a GPU run of the same cell)."""
     axes = [axis for axis in summary.DISPLAY if axis != "metric"]
     key = dict(zip(summary.DISPLAY, display.key, strict=True))
-    return pd.concat([rows[axis].eq(key[axis]) | (rows[axis].isna() & pd.isna(key[axis])) for axis in axes], axis=1).all(axis=1)
+    return pd.concat(
+        [rows[axis].eq(key[axis]) | (rows[axis].isna() & pd.isna(key[axis])) for axis in axes], axis=1
+    ).all(axis=1)
 
 
 # --- writers: each returns the files it wrote -------------------------------------------------------------
 
 TUNING_COLUMNS = {
-    "task": "Task", "budget": "Budget", "label": "Method", "trials": "Trials", "complete": "Complete",
-    "pruned": "Pruned", "failed": "Failed", "best_trial": "Best trial", "best_value": "Best val.",
-    "best_params": "Best parameters", "on_edge": "On range edge", "tuning_train_s": "Tuning train (s)",
+    "task": "Task",
+    "budget": "Budget",
+    "label": "Method",
+    "trials": "Trials",
+    "complete": "Complete",
+    "pruned": "Pruned",
+    "failed": "Failed",
+    "best_trial": "Best trial",
+    "best_value": "Best val.",
+    "best_params": "Best parameters",
+    "on_edge": "On range edge",
+    "tuning_train_s": "Tuning train (s)",
 }
 UNFINISHED_COLUMNS = {
-    "status": "Status", "task": "Task", "budget": "Budget", "label": "Method", "role": "Role", "trial": "Trial",
-    "seed": "Seed", "error_kind": "Error kind", "pruned_at_step": "Pruned at step", "error": "Error",
+    "status": "Status",
+    "task": "Task",
+    "budget": "Budget",
+    "label": "Method",
+    "role": "Role",
+    "trial": "Trial",
+    "seed": "Seed",
+    "error_kind": "Error kind",
+    "pruned_at_step": "Pruned at step",
+    "error": "Error",
 }
 
 
@@ -179,9 +211,13 @@ def _cell_text(value: Any) -> str:
 def _environment(records: list[dict[str, Any]]) -> str:
     environments = [r.get("environment") or {} for r in records]
     devices = sorted({str(e.get("gpu") or f"{e.get('cpu')}, {e.get('cpu_count')} CPU cores") for e in environments})
-    revisions = sorted({f"{(e.get('git_revision') or '?')[:7]}{' (dirty)' if e.get('git_dirty') else ''}" for e in environments})
+    revisions = sorted(
+        {f"{(e.get('git_revision') or '?')[:7]}{' (dirty)' if e.get('git_dirty') else ''}" for e in environments}
+    )
     versions = sorted({table.software(r) for r in records})
-    return f"Hardware: {'; '.join(devices)}. Software: {' | '.join(versions)}. Code revision(s): {', '.join(revisions)}."
+    return (
+        f"Hardware: {'; '.join(devices)}. Software: {' | '.join(versions)}. Code revision(s): {', '.join(revisions)}."
+    )
 
 
 def _counts(frame: pd.DataFrame) -> str:
@@ -191,13 +227,21 @@ def _counts(frame: pd.DataFrame) -> str:
 
 def _write_markdown(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
     lines = [f"# Report: {context.results_dir.name}", ""]
-    lines += [f"From {len(context.records)} run records ({_counts(context.frame)}). {_environment(context.records)}", ""]
+    lines += [
+        f"From {len(context.records)} run records ({_counts(context.frame)}). {_environment(context.records)}",
+        "",
+    ]
     for display in context.tables:
         lines += [f"## {display.title}", "", display.caption, "", render.markdown_table(display), ""]
         lines += [f"- {note}" for note in display.notes] + [""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in context.figures.get(display.title, [])] + [""]
     if not context.tuning.empty:
-        lines += ["## Tuning", "", "Trials per tuned cell, best trial by validation score, and the compute tuning spent.", ""]
+        lines += [
+            "## Tuning",
+            "",
+            "Trials per tuned cell, best trial by validation score, and the compute tuning spent.",
+            "",
+        ]
         lines += [render.markdown_frame(_readable(context.tuning, TUNING_COLUMNS)), ""]
     lines += ["## Failed and pruned runs", ""]
     if context.unfinished.empty:
@@ -238,9 +282,13 @@ img { max-width: 48%; margin: 0.5em 1%; vertical-align: top; }
 def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
     """One self-contained page: the figures are embedded, so it can be mailed or attached as is."""
     title = f"Report: {html.escape(context.results_dir.name)}"
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style></head><body>"]
-    parts.append(f"<h1>{title}</h1><p>From {len(context.records)} run records ({_counts(context.frame)}). "
-                 f"{html.escape(_environment(context.records))}</p>")
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style></head><body>"
+    ]
+    parts.append(
+        f"<h1>{title}</h1><p>From {len(context.records)} run records ({_counts(context.frame)}). "
+        f"{html.escape(_environment(context.records))}</p>"
+    )
     for display in context.tables:
         parts += [f"<h2>{html.escape(display.title)}</h2>", render.html_table(display)]
         parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in display.notes) + "</ul>")
@@ -251,7 +299,8 @@ def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]
         parts += ["<h2>Tuning</h2>", _readable(context.tuning, TUNING_COLUMNS).to_html(index=False, escape=True)]
     parts.append("<h2>Failed and pruned runs</h2>")
     parts.append(
-        "<p>None.</p>" if context.unfinished.empty
+        "<p>None.</p>"
+        if context.unfinished.empty
         else _readable(context.unfinished, UNFINISHED_COLUMNS).to_html(index=False, escape=True)
     )
     parts.append("</body></html>")

@@ -57,10 +57,18 @@ def tradeoff(rows: pd.DataFrame, cost: str, xlabel: str, log_x: bool, palette: d
         for row in block.itertuples(index=False):
             std = row.std if math.isfinite(row.std) else 0.0
             axes.errorbar(
-                getattr(row, cost), row.mean, yerr=std, fmt=marker, color=palette[row.label], capsize=3, markersize=7,
+                getattr(row, cost),
+                row.mean,
+                yerr=std,
+                fmt=marker,
+                color=palette[row.label],
+                capsize=3,
+                markersize=7,
                 label=row.label if len(budgets) == 1 else f"{row.label} ({budget})",
             )
-            axes.annotate(row.label, (getattr(row, cost), row.mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            axes.annotate(
+                row.label, (getattr(row, cost), row.mean), textcoords="offset points", xytext=(5, 5), fontsize=8
+            )
         _frontier(axes, block, cost, higher)
     if log_x and (rows[cost] <= 0).any():
         axes.set_xscale("symlog", linthresh=1)
@@ -89,9 +97,13 @@ def quality_vs_budget(rows: pd.DataFrame, palette: dict[str, tuple], title: str)
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     for label, series in rows.sort_values("train_tokens").groupby("label", sort=True):
         std = series["std"].fillna(0.0)
-        axes.errorbar(series["train_tokens"], series["mean"], yerr=std, marker="o", capsize=3, color=palette[label], label=label)
+        axes.errorbar(
+            series["train_tokens"], series["mean"], yerr=std, marker="o", capsize=3, color=palette[label], label=label
+        )
         for row in series.itertuples(index=False):
-            axes.annotate(row.budget, (row.train_tokens, row.mean), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            axes.annotate(
+                row.budget, (row.train_tokens, row.mean), textcoords="offset points", xytext=(4, -10), fontsize=7
+            )
     axes.set_xscale("log")
     axes.set_xlabel("training tokens per run (budget)")
     axes.set_ylabel(f"{rows['metric'].iloc[0]} ({rows['split'].iloc[0]})")
@@ -125,7 +137,9 @@ def tuning_isolation(
     trials: pd.DataFrame, tuning: pd.DataFrame, spaces: dict[str, dict], palette: dict[str, tuple], title: str
 ):
     """Every trial's validation score against each searched parameter; the best trial starred, range ends dashed."""
-    parameters = sorted({p for params in trials["tuned_params"].dropna() for p in json.loads(params) if p in _searched(spaces)})
+    parameters = sorted(
+        {p for params in trials["tuned_params"].dropna() for p in json.loads(params) if p in _searched(spaces)}
+    )
     parameters = sorted(parameters, key=lambda p: p != "lr")
     figure, axes_row = plt.subplots(1, len(parameters), figsize=(5.4 * len(parameters), 4.2), squeeze=False)
     for parameter, axes in zip(parameters, axes_row[0], strict=True):
@@ -142,16 +156,26 @@ def tuning_isolation(
             best = series[series["trial"] == info["best_trial"]]
             if len(best):
                 edge = parameter in info["on_edge"].split(", ")
-                axes.scatter(x[best.index], best["validation"], marker="*", s=220, color=palette[label], edgecolors="black")
+                axes.scatter(
+                    x[best.index], best["validation"], marker="*", s=220, color=palette[label], edgecolors="black"
+                )
                 if edge:
-                    axes.annotate("edge of range", (x[best.index].iloc[0], best["validation"].iloc[0]),
-                                  textcoords="offset points", xytext=(-20, 10), fontsize=8, color="red")
+                    axes.annotate(
+                        "edge of range",
+                        (x[best.index].iloc[0], best["validation"].iloc[0]),
+                        textcoords="offset points",
+                        xytext=(-20, 10),
+                        fontsize=8,
+                        color="red",
+                    )
             _range_ends(axes, spaces.get(study, {}).get(parameter), palette[label])
         attributes = next((s[parameter] for s in spaces.values() if parameter in s), {}).get("attributes") or {}
         if attributes.get("log"):
             axes.set_xscale("log")
         if _numeric_choices(attributes):
-            choices = sorted({c for s in spaces.values() if parameter in s for c in s[parameter]["attributes"]["choices"]})
+            choices = sorted(
+                {c for s in spaces.values() if parameter in s for c in s[parameter]["attributes"]["choices"]}
+            )
             axes.set_xscale("log", base=2)
             axes.set_xticks(choices, [str(c) for c in choices])
             axes.set_xlim(min(choices) / 1.4, max(choices) * 1.4)

@@ -1,6 +1,6 @@
 """Statistics over seeds: means with t-based intervals, paired tests against a reference, Pareto fronts.
 
-Seeds are the unit of replication. With the handful of seeds a study can
+Seeds are the unit of replication. With the handful of seeds an experiment can
 afford, a normal interval would be too narrow, so intervals use Student's t
 with n-1 degrees of freedom. Comparisons against the reference method pair
 runs by seed (same data order and initialisation), which removes the
@@ -60,7 +60,9 @@ class PairedComparison:
 def compare_paired(method_by_seed: dict[int, float], reference_by_seed: dict[int, float]) -> PairedComparison:
     """Method against reference on the seeds both ran with a finite score; other seeds are left out, not imputed."""
     seeds = sorted(
-        s for s in set(method_by_seed) & set(reference_by_seed) if _finite(method_by_seed[s]) and _finite(reference_by_seed[s])
+        s
+        for s in set(method_by_seed) & set(reference_by_seed)
+        if _finite(method_by_seed[s]) and _finite(reference_by_seed[s])
     )
     a = np.asarray([method_by_seed[s] for s in seeds], dtype=float)
     b = np.asarray([reference_by_seed[s] for s in seeds], dtype=float)
@@ -85,16 +87,14 @@ def pareto_front(costs: Sequence[float], qualities: Sequence[float], higher_is_b
     """
     sign = 1.0 if higher_is_better else -1.0
     points = [
-        (float(c), sign * float(q)) if _finite(c) and _finite(q) else None for c, q in zip(costs, qualities, strict=True)
+        (float(c), sign * float(q)) if _finite(c) and _finite(q) else None
+        for c, q in zip(costs, qualities, strict=True)
     ]
 
     def dominated(i: int) -> bool:
         cost, quality = points[i]
         return any(
-            other is not None
-            and other[0] <= cost
-            and other[1] >= quality
-            and (other[0] < cost or other[1] > quality)
+            other is not None and other[0] <= cost and other[1] >= quality and (other[0] < cost or other[1] > quality)
             for j, other in enumerate(points)
             if j != i
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report import stats
+from harness.report import columns, stats
 from harness.report.table import GROUP_AXES, SETTING_AXES
 
 # One display table per task and setting (hardware, library versions) and metric: a column never holds two
@@ -89,7 +89,8 @@ def _left_out(quality: Any, split: str) -> str | None:
 def summarize(chosen: pd.DataFrame, reference: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per cell: mean, std, n and 95% CI over seeds, costs, paired test against the reference.
 
-    ``frame`` (every record) supplies the seeds the tuned cells' trials ran on, for the report's note.
+    ``frame`` (every record) supplies the seeds the tuned cells' trials ran on, for the report's note. The columns
+    are columns.COLUMNS, in its order, plus ``budget_rank`` (the sort order of budgets, not written).
     """
     trial_seeds = _trial_seeds(frame)
     rows = [_cell_row(cell, group, trial_seeds) for cell, group in chosen.groupby(CELL, dropna=False, sort=False)]
@@ -100,9 +101,10 @@ def summarize(chosen: pd.DataFrame, reference: str, frame: pd.DataFrame | None =
     summary = _add_pareto(summary)
     budget_order = summary.groupby("budget")["train_tokens"].mean().rank(method="first")
     summary["budget_rank"] = summary["budget"].map(budget_order)
-    return summary.sort_values(
+    summary = summary.sort_values(
         [*DISPLAY, "budget_rank", "method_params", "label"], ascending=[True] * len(DISPLAY) + [True, False, True]
     )
+    return summary[[*columns.keys(), "budget_rank"]]
 
 
 def _trial_seeds(frame: pd.DataFrame | None) -> dict[str, list[int]]:
@@ -113,38 +115,24 @@ def _trial_seeds(frame: pd.DataFrame | None) -> dict[str, list[int]]:
 
 
 def _cell_row(cell: tuple, group: pd.DataFrame, trial_seeds: dict[str, list[int]]) -> dict[str, Any]:
+    """The cell's keys, each registry column its seeds aggregate, and the statistics over its counted scores."""
     counted = group[group["left_out"].isna()]
     seeds = stats.summarize_seeds(counted["quality"].tolist())
     study = group["study"].iloc[0]
     return {
         **dict(zip(CELL, cell, strict=True)),
-        "role": group["role"].iloc[0],
-        "objective": group["objective"].fillna("cls").iloc[0],
-        "metric": group["metric"].iloc[0],
-        "split": group["split"].iloc[0],
-        "higher_is_better": bool(group["higher_is_better"].iloc[0]),
+        **{column.key: column.seeds(group[column.source]) for column in columns.COLUMNS if column.seeds},
         "mean": seeds.mean,
         "std": seeds.std,
         "n": seeds.n,
         "ci_low": seeds.ci_low,
         "ci_high": seeds.ci_high,
         "seeds": ",".join(str(s) for s in sorted(counted["seed"])),
-        "left_out": "; ".join(f"seed {r.seed} ({r.left_out})" for r in group.itertuples() if isinstance(r.left_out, str))
+        "left_out": "; ".join(
+            f"seed {r.seed} ({r.left_out})" for r in group.itertuples() if isinstance(r.left_out, str)
+        )
         or None,
         "tuning_seeds": ",".join(map(str, trial_seeds.get(study, []))) if isinstance(study, str) else None,
-        "method_params": group["method_params"].iloc[0],
-        "trainable": group["trainable"].iloc[0],
-        "total_params": group["total_params"].iloc[0],
-        "method_pct": group["method_pct"].iloc[0],
-        "weights_mib": group["weights_mib"].mean(),
-        "train_peak_mib": group["train_peak_mib"].mean(),
-        "train_above_mib": group["train_above_mib"].mean(),
-        "eval_peak_mib": group["eval_peak_mib"].mean(),
-        "memory_source": group["memory_source"].iloc[0],
-        "train_s": group["train_s"].mean(),
-        "tokens_per_s": group["tokens_per_s"].mean(),
-        "train_tokens": group["train_tokens"].mean(),
-        "tuned_params": group["tuned_params"].iloc[0],
     }
 
 
@@ -217,7 +205,9 @@ def tuning_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.D
                 "best_trial": best.get("trial"),
                 "best_value": best.get("value"),
                 "best_params": params_text(best.get("params") or {}),
-                "on_edge": ", ".join(edge_params(best.get("params") or {}, (summary.get("search") or {}).get("space") or {})),
+                "on_edge": ", ".join(
+                    edge_params(best.get("params") or {}, (summary.get("search") or {}).get("space") or {})
+                ),
                 "tuning_seed": summary.get("tuning_seed"),
                 "final_seeds": ",".join(map(str, summary.get("final_seeds") or [])) or None,
                 "tuning_train_s": cost.get("train_seconds"),

@@ -139,9 +139,7 @@ def software(record: dict[str, Any]) -> str:
 
 def _cell_config(config: dict[str, Any]) -> dict[str, Any]:
     flat = _flatten(config)
-    return {
-        k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NOT_CELL_KEYS)
-    }
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NOT_CELL_KEYS)}
 
 
 def _config_cell(config: dict[str, Any], data_sha256: Any) -> str:
@@ -163,7 +161,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def _variant_labels(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Series:
     """The method name (``dpo+lora`` where a task was trained by several objectives),
     plus what tells its cells apart when one group holds several."""
-    configs = {row.cell: _cell_config(r.get("config") or {}) for row, r in zip(frame.itertuples(), records, strict=True)}
+    configs = {
+        row.cell: _cell_config(r.get("config") or {}) for row, r in zip(frame.itertuples(), records, strict=True)
+    }
     objectives = frame["objective"].fillna("cls").astype(str)
     several = frame.assign(objective=objectives).groupby("task")["objective"].transform("nunique") > 1
     labels = frame["method"].astype(str).where(~several, objectives + "+" + frame["method"].astype(str))
@@ -184,7 +184,13 @@ def _difference(cell: str, cells: list[str], configs: dict[str, dict[str, Any]])
         return ", ".join(["tuned", *extra])
     mine = configs[cell]
     keys = sorted(
-        {k for other in cells if other.startswith("config#") for k in set(mine) | set(configs[other]) if configs[other].get(k) != mine.get(k)}
+        {
+            k
+            for other in cells
+            if other.startswith("config#")
+            for k in set(mine) | set(configs[other])
+            if configs[other].get(k) != mine.get(k)
+        }
     )
     shown = [f"{k.rsplit('.', 1)[-1]}={mine.get(k)}" for k in keys if k != "method.lr" or len(keys) == 1]
     return ", ".join(shown[:3]) or "untuned"
@@ -202,8 +208,16 @@ def curves_frame(records: list[dict[str, Any]], frame: pd.DataFrame) -> pd.DataF
             for key, value in point.items():
                 if key != "step" and value is not None:
                     rows.append(
-                        {"run_id": record["run_id"], "task": row["task"], "budget": row["budget"], "label": row["label"],
-                         "seed": row["seed"], "step": point.get("step"), "key": key, "value": value}
+                        {
+                            "run_id": record["run_id"],
+                            "task": row["task"],
+                            "budget": row["budget"],
+                            "label": row["label"],
+                            "seed": row["seed"],
+                            "step": point.get("step"),
+                            "key": key,
+                            "value": value,
+                        }
                     )
     return pd.DataFrame(rows, columns=["run_id", "task", "budget", "label", "seed", "step", "key", "value"])
 

@@ -1,0 +1,267 @@
+"""Loading: a task's data from its source, its three splits fixed, its columns and labels normalised.
+
+A task names one source (:class:`~harness.data.spec.TaskSpec`): an embedded
+generator, local files (``data_files`` / ``data_dir``), a local copy under
+``data_root`` (``local``), or a Hub dataset (``hub_id``). Whatever the source,
+the result is the same three-split DatasetDict in its type's columns, with
+integer labels, so that the rest of the run never knows where the data came
+from. Column and label problems surface here as ConfigErrors, before any model
+is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+from datasets import ClassLabel, DatasetDict
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from harness.config import ConfigError
+from harness.data.answers import extract_answer
+from harness.data.prompts import as_text, fill, split_shared_prompt, template_fields
+from harness.data.spec import COLUMNS, LocalCopy, TaskSpec
+from harness.paths import project_path
+
+FILE_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Names a split's file may have in a data_dir (GLUE ships dev.tsv for validation).
+SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "val"), "test": ("test",)}
+
+
+def load_task(task: DictConfig | TaskSpec) -> DatasetDict:
+    """The task's train/validation/test splits in its type's columns.
+
+    classification: text[, text_pair], label. instruction: prompt, completion
+    [, answer]. preference: prompt, chosen, rejected [, answer].
+    """
+    spec = task if isinstance(task, TaskSpec) else TaskSpec.from_config(task)
+    splits = _select_splits(spec, load_raw(spec))
+    if spec.type == "classification":
+        return DatasetDict({name: _normalise_classification(spec, split, name) for name, split in splits.items()})
+    return DatasetDict({name: _normalise_generative(spec, split, name) for name, split in splits.items()})
+
+
+def load_raw(task: DictConfig | TaskSpec) -> DatasetDict:
+    """The data as its source gives it: every split, the source's own columns."""
+    spec = task if isinstance(task, TaskSpec) else TaskSpec.from_config(task)
+    if spec.data_files or spec.data_dir:
+        return _load_files(spec)
+    if spec.local is not None and spec.local.path is not None:
+        return _load_local_copy(spec, spec.local)
+    if spec.generator:
+        return instantiate(spec.generator)
+    try:
+        return datasets.load_dataset(spec.hub_id, spec.hub_config)
+    except Exception as error:  # offline without a cached copy, unknown id, ...
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(
+            "task.hub_id",
+            f"cannot load {spec.hub_id!r} (offline? use data_root=... or task.data_dir=... for local files): {first}",
+        ) from None
+
+
+def cap_eval(split: datasets.Dataset, max_samples: int | None) -> datasets.Dataset:
+    """The first max_samples examples: the same subset for every method."""
+    return split if max_samples is None or len(split) <= max_samples else split.select(range(max_samples))
+
+
+def _file_format(file_format: str | None, path: str) -> tuple[str, dict[str, Any]]:
+    suffix = Path(path).suffix.lower()
+    builder = file_format or FILE_FORMATS.get(suffix)
+    if builder is None:
+        raise ConfigError(
+            "task.file_format", f"cannot infer from {path!r}; allowed: {', '.join(sorted(set(FILE_FORMATS.values())))}"
+        )
+    kwargs = {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
+    return builder, kwargs
+
+
+def _data_dir_files(data_dir: Path) -> dict[str, str]:
+    """Map split names to files in a folder such as GLUE's (train.tsv, dev.tsv)."""
+    found = {}
+    for split, stems in SPLIT_FILE_STEMS.items():
+        for stem in stems:
+            matches = sorted(p for p in data_dir.glob(f"{stem}.*") if p.suffix in FILE_FORMATS)
+            if matches:
+                found[split] = str(matches[0])
+                break
+    if not found:
+        raise ConfigError(
+            "task.data_dir",
+            f"no train/dev/validation/test file with a known extension ({', '.join(FILE_FORMATS)}) in {data_dir}",
+        )
+    return found
+
+
+def _load_files(spec: TaskSpec) -> DatasetDict:
+    def absolute(paths: str | list[str]) -> str | list[str]:
+        return str(project_path(paths)) if isinstance(paths, str) else [str(project_path(p)) for p in paths]
+
+    if spec.data_files is None:
+        files = _data_dir_files(project_path(spec.data_dir))
+    elif isinstance(spec.data_files, dict):
+        files = {split: absolute(paths) for split, paths in spec.data_files.items()}
+    else:  # one path or a list: the train split
+        files = {"train": absolute(spec.data_files)}
+    first = next(iter(files.values()))
+    builder, kwargs = _file_format(spec.file_format, first if isinstance(first, str) else first[0])
+    try:
+        return datasets.load_dataset(builder, data_files=files, **kwargs)
+    except Exception as error:  # a parse error from pyarrow/pandas, reported as one line
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError("task.data_files", f"cannot read {files}: {message}") from None
+
+
+def _read_original_file(path: Path, local: LocalCopy) -> datasets.Dataset:
+    """One file as its original distribution writes it: GLUE's TSVs are unquoted (sentences hold ``"``), CoLA's
+    have no header, MRPC's start with a byte-order mark; every field is text, none is read as missing."""
+    if path.suffix.lower() not in (".tsv", ".txt"):
+        builder, _ = _file_format(None, str(path))
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    names = list(local.column_names) if local.column_names else None
+    frame = pd.read_csv(
+        path,
+        sep="\t",
+        quoting=3,
+        header=0 if names is None else None,
+        names=names,
+        dtype=str,
+        keep_default_na=False,
+        encoding="utf-8-sig",
+    )
+    return datasets.Dataset.from_pandas(frame.rename(columns=local.columns or {}), preserve_index=False)
+
+
+def _load_local_copy(spec: TaskSpec, local: LocalCopy) -> DatasetDict:
+    """The task's files under ``data_root``, renamed to the Hub's columns, so the rest of the spec applies unchanged."""
+    folder = local.path
+    if not folder.is_dir():
+        raise ConfigError(
+            "data_root", f"no folder {folder} for task {spec.name} (its local copy); set data_root=null for the Hub"
+        )
+    files = dict(local.files) if local.files else _data_dir_files(folder)
+    splits = {}
+    for split, name in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ConfigError("data_root", f"{path} not found (task.local.files.{split})")
+        try:
+            splits[split] = _read_original_file(path, local)
+        except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+            raise ConfigError("data_root", f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    return DatasetDict(splits)
+
+
+def _select_splits(spec: TaskSpec, raw: DatasetDict) -> DatasetDict:
+    """Pick train/validation/test; carve validation (and test) out of train when the spec names no such split.
+
+    The carve is seeded by ``validation_seed`` (not the run seed) so that every
+    method and every seed is scored on the same examples.
+    """
+
+    def pick(key: str) -> datasets.Dataset:
+        name = getattr(spec, key)
+        if name not in raw:
+            raise ConfigError(f"task.{key}", f"split {name!r} not in the data; available: {', '.join(raw)}")
+        return raw[name]
+
+    def carve(train: datasets.Dataset, split: str, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+        size = getattr(spec, f"{split}_size")
+        if not isinstance(size, int) or not 0 < size < len(train):
+            raise ConfigError(
+                f"task.{split}_size",
+                f"must be an integer in (0, {len(train)}) when task.{split}_split is null (got {size!r})",
+            )
+        carved = train.train_test_split(test_size=size, seed=seed, shuffle=True)
+        return carved["train"], carved["test"]
+
+    train = pick("train_split")
+    seed = spec.validation_seed
+    # A dataset with one split (Dolly) gives its test split first, then validation, each with its own fixed carve.
+    test = pick("test_split") if spec.test_split else None
+    if test is None:
+        train, test = carve(train, "test", seed + 1)
+    validation = pick("validation_split") if spec.validation_split else None
+    if validation is None:
+        train, validation = carve(train, "validation", seed)
+    return DatasetDict(train=train, validation=validation, test=test)
+
+
+def _missing_column(key: str, column: str, data: datasets.Dataset, split: str) -> ConfigError:
+    return ConfigError(key, f"column {column!r} not in the {split} data; available: {', '.join(data.column_names)}")
+
+
+def _normalise_classification(spec: TaskSpec, data: datasets.Dataset, split: str) -> datasets.Dataset:
+    """Rename to text/text_pair/label and make labels integer ids in label_names order."""
+    wanted = spec.columns
+    keys = COLUMNS[spec.type]
+    for new, old in wanted.items():
+        if old not in data.column_names:
+            raise _missing_column(f"task.{keys[new]}", old, data, split)
+    data = data.select_columns(list(wanted.values()))
+    data = data.rename_columns({old: new for new, old in wanted.items() if old != new})
+    return _encode_labels(data, list(spec.label_names), split)
+
+
+def _encode_labels(data: datasets.Dataset, label_names: list[str], split: str) -> datasets.Dataset:
+    feature = data.features["label"]
+    if isinstance(feature, ClassLabel):
+        if feature.num_classes != len(label_names):
+            raise ConfigError(
+                "task.label_names",
+                f"{len(label_names)} names but the {split} data has {feature.num_classes} classes: {', '.join(feature.names)}",
+            )
+        return data
+    values = set(data.unique("label"))
+    if values <= set(label_names):  # string labels, as in RTE's TSV files
+        return data.map(lambda row: {"label": label_names.index(row["label"])}).cast_column(
+            "label", ClassLabel(names=label_names)
+        )
+    ids = {int(v) for v in values if str(v).lstrip("-").isdigit()}
+    if len(ids) == len(values) and ids <= set(range(len(label_names))):
+        data = data.map(lambda row: {"label": int(row["label"])})
+        return data.cast_column("label", ClassLabel(names=label_names))
+    shown = ", ".join(map(str, sorted(values, key=str)[:10]))
+    raise ConfigError(
+        "task.label_names",
+        f"the {split} labels ({shown}) are neither ids below {len(label_names)} nor in {label_names}",
+    )
+
+
+def _normalise_generative(spec: TaskSpec, data: datasets.Dataset, split: str) -> datasets.Dataset:
+    """Rename to the type's columns; build the prompt from a template; extract reference answers.
+
+    ``prompt_template`` (``"{instruction}\n\n{input}"``) joins several source
+    columns into the prompt, dropping a blank line where a column is empty.
+    ``answer_column`` with ``reference_answer_pattern`` (a regex with one
+    group, e.g. GSM8K's ``#### (\\S+)``) gives the answer exact match scores against.
+    """
+    keys = {new: f"task.{key}" for new, key in COLUMNS[spec.type].items()}
+    wanted = {new: getattr(spec, key) for new, key in COLUMNS[spec.type].items()}
+    if spec.prompt_template or spec.shared_prompt_marker:
+        wanted.pop("prompt")
+    if spec.answer_column:
+        wanted["answer"], keys["answer"] = spec.answer_column, "task.answer_column"
+    fields = template_fields(spec.prompt_template)
+    for new, old in wanted.items():
+        if old not in data.column_names:
+            raise _missing_column(keys[new], old, data, split)
+    for column in fields:
+        if column not in data.column_names:
+            raise _missing_column("task.prompt_template", column, data, split)
+    template, marker, pattern = spec.prompt_template, spec.shared_prompt_marker, spec.reference_answer_pattern
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        out = {new: as_text(row[old]) for new, old in wanted.items()}
+        if template:
+            out["prompt"] = fill(template, row)
+        if marker:
+            out.update(split_shared_prompt(out["chosen"], out["rejected"], marker))
+        if "answer" in out and pattern:
+            out["answer"] = extract_answer(str(out["answer"]), pattern)
+        return out
+
+    return data.map(convert, remove_columns=data.column_names)

@@ -1,0 +1,159 @@
+"""The reward online RL objectives (PPO, RLOO, GRPO) train against: a verifiable answer check or a reward run.
+
+``objective.reward=verifiable`` scores a completion 1 when the answer extracted
+from it (``task.answer_pattern``) equals the task's reference answer, else 0.
+``objective.reward=model`` scores it with the frozen reward model of a
+successful ``objective=reward`` run kept with ``keep_artifacts=true``
+(``objective.reward_run=<run_id>``). That checkpoint is checked against the
+architecture its record describes before any weights load, so a policy is
+never trained against another model than the one reported. (The objective
+that *trains* a reward model is ``reward.py``.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness import methods, models, records
+from harness.config import ConfigError
+from harness.data.answers import extract_answer
+from harness.objectives.generation import rewards
+
+# What a reward run keeps: a PEFT adapter (with its head), or the tensors a non-PEFT method trained.
+ADAPTER_FILE, TRAINED_FILE = "adapter_model.safetensors", "trained.safetensors"
+
+
+def check_reward_settings(settings: dict[str, Any], cfg) -> None:
+    """The reward of an online RL objective (PPO, RLOO, GRPO): a verifiable answer check or a reward run."""
+    source = settings.get("reward")
+    if source not in ("verifiable", "model"):
+        raise ConfigError("objective.reward", f"got {source!r}; allowed: verifiable, model")
+    if source == "verifiable" and not cfg.task.get("answer_column"):
+        raise ConfigError("objective.reward", "verifiable needs a task with an answer_column; use reward=model")
+    if source == "model":
+        reward_run_record(cfg, settings.get("reward_run"))
+
+
+def reward_run_record(cfg, run_id: str | None) -> dict[str, Any]:
+    """The record of the reward run a policy is trained against; it must have succeeded and kept a model
+    whose tensors are exactly those its config describes (checked from the file's header, no weights read)."""
+    if not run_id:
+        raise ConfigError(
+            "objective.reward_run", "must name the run_id of an objective=reward run (keep_artifacts=true)"
+        )
+    record = records.read_record(records.record_path(cfg.results_dir, run_id))
+    if record is None or record.get("status") != "success" or record.get("objective") != "reward":
+        raise ConfigError(
+            "objective.reward_run", f"no successful objective=reward run {run_id!r} in {cfg.results_dir}/runs"
+        )
+    folder = record.get("artifact_dir")
+    if not folder or not Path(folder).is_dir():
+        raise ConfigError("objective.reward_run", f"run {run_id} kept no model; rerun it with keep_artifacts=true")
+    _check_checkpoint(record)
+    return record
+
+
+def _reward_method(reward_cfg):
+    """The reward run's method object and context, rebuilt from its record's config as the run built them."""
+    from omegaconf import OmegaConf
+
+    sites = reward_cfg.model.get("adapter_sites")
+    context = methods.MethodContext(
+        head_modules=list(reward_cfg.model.head_modules),
+        adapter_sites=OmegaConf.to_container(sites) if sites is not None else {},
+        peft_task_type="SEQ_CLS",
+        total_steps=reward_cfg.budget.get("max_steps"),
+    )
+    return methods.build_method(reward_cfg.method, context), context
+
+
+def _checkpoint_keys(folder: Path) -> tuple[Path, set[str]]:
+    from safetensors import safe_open
+
+    path = folder / (ADAPTER_FILE if (folder / ADAPTER_FILE).exists() else TRAINED_FILE)
+    if not path.is_file():
+        raise ConfigError("objective.reward_run", f"{folder} holds neither {ADAPTER_FILE} nor {TRAINED_FILE}")
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            return path, set(checkpoint.keys())
+    except Exception as error:  # noqa: BLE001 - a torn or foreign file, reported as one line
+        raise ConfigError("objective.reward_run", f"cannot read {path}: {str(error).splitlines()[0]}") from None
+
+
+def _expected_keys(reward_cfg, peft_file: bool) -> set[str]:
+    """The tensor names the reward run saved, from its architecture on the meta device (no weights)."""
+    skeleton = models.skeleton(reward_cfg.model, 1, "sequence_classification")
+    method, context = _reward_method(reward_cfg)
+    model = methods.apply_method(skeleton, method, context)
+    if peft_file:
+        from peft import get_peft_model_state_dict
+
+        return set(get_peft_model_state_dict(model))
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def _check_keys(expected: set[str], found: set[str], where: Path) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise ConfigError(
+            "objective.reward_run",
+            f"{where} does not match the reward model its record describes: {len(missing)} tensors missing "
+            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}",
+        )
+
+
+def _check_checkpoint(record: dict[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    path, found = _checkpoint_keys(Path(record["artifact_dir"]))
+    _check_keys(_expected_keys(OmegaConf.create(record["config"]), path.name == ADAPTER_FILE), found, path)
+
+
+def verifiable_scores(task, completions: list[str], answers: list[Any]) -> list[float]:
+    """1 when the answer extracted from a completion equals its reference answer, else 0."""
+    pattern = task.get("answer_pattern")
+    return [float(extract_answer(c, pattern) == str(a).strip()) for c, a in zip(completions, answers, strict=True)]
+
+
+def verifiable_reward(task):
+    def score(batch, completions: list[str]) -> list[float]:
+        return verifiable_scores(task, completions, batch["answer"])
+
+    return score
+
+
+def load_reward_model(cfg, run_id: str):
+    """The frozen reward model of a successful ``objective=reward`` run kept with ``keep_artifacts=true``.
+
+    Its checkpoint's tensor names were checked against the architecture before
+    anything loaded (``reward_run_record``): a file holding other tensors, or
+    missing some, never loads. A tensor of the right name but another shape
+    (another rank) fails in PyTorch's own load, which checks shapes.
+    """
+    from omegaconf import OmegaConf
+
+    record = reward_run_record(cfg, run_id)
+    folder = Path(record["artifact_dir"])
+    reward_cfg = OmegaConf.create(record["config"])
+    model = models.load_classifier(reward_cfg.model, 1, None, reward_cfg.seed)
+    if (folder / ADAPTER_FILE).exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(folder)).eval().requires_grad_(False), record
+    from safetensors.torch import load_file
+
+    method, context = _reward_method(reward_cfg)
+    model = methods.apply_method(model, method, context)
+    state = load_file(str(folder / TRAINED_FILE))
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    _check_keys(trained, set(state), folder / TRAINED_FILE)  # the file holds exactly what trained
+    model.load_state_dict(state, strict=False)  # the frozen base is not in the file, by design
+    return model.eval().requires_grad_(False), record
+
+
+def model_reward(reward_model, tokenizer, batch_size: int):
+    def score(batch, completions: list[str]) -> list[float]:
+        return rewards(reward_model, tokenizer, list(batch["prompt"]), completions, batch_size)
+
+    return score

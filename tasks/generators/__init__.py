@@ -1,0 +1,1 @@
+"""Generators of the embedded tasks: deterministic in their seed, offline, in seconds."""

@@ -1,0 +1,198 @@
+"""harness.sweep driven by a fake launcher: cells, trials, finals, failures, resume (no Hydra launcher, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from conftest import TINY, compose_config
+
+from harness import study, sweep
+from harness.config import ConfigError
+from harness.search import override_value
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+RANDOM = {"_target_": "optuna.samplers.RandomSampler"}
+CPU = {"device_type": "cpu", "precision": "fp32"}
+
+
+class FakeLauncher:
+    """Returns a canned record per job (``outcome(job)``: a record's fields, or None for a job that raised)."""
+
+    def __init__(self, outcome=None):
+        self.outcome = outcome or (lambda job: {"status": "success", "validation": 0.5})
+        self.batches: list[list[dict[str, str]]] = []
+
+    @property
+    def jobs(self) -> list[dict[str, str]]:
+        return [job for batch in self.batches for job in batch]
+
+    def trials(self) -> list[dict[str, str]]:
+        return [job for job in self.jobs if job["role"] == "trial"]
+
+    def finals(self) -> list[dict[str, str]]:
+        return [job for job in self.jobs if job["role"] == "final"]
+
+    def __call__(self, batch: list[list[str]]) -> list[dict | None]:
+        jobs = [dict(o.split("=", 1) for o in overrides) for overrides in batch]
+        self.batches.append(jobs)
+        return [self._record(job) for job in jobs]
+
+    def _record(self, job: dict[str, str]) -> dict | None:
+        fields = self.outcome(job)
+        if fields is None:
+            return None
+        run_id = f"{job['tuning.study']}-{job['role']}-{job['seed']}-{job['tuning.trial']}"
+        metric = {"validation": fields.get("validation"), "test": fields.get("test", 0.7)}
+        return {"run_id": run_id, "status": fields["status"], "seed": int(job["seed"]), "primary_metric": metric,
+                "identity": fields.get("identity", CPU)}  # fmt: skip
+
+
+def method_values(job: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in job.items() if k.startswith("method.")}
+
+
+def make_sweep(tmp_path, launch, **settings) -> sweep.Sweep:
+    settings = {"seeds": [0, 1], "n_trials": 3, "sampler": RANDOM, **settings}
+    base = [*TINY, "task=toy_sentiment", f"results_dir={tmp_path}"]
+    return sweep.Sweep(sweep.Settings(**settings), launch, lambda overrides: compose_config([*base, *overrides]))
+
+
+def run_sweep(tmp_path, launch, methods=("lora",), **settings) -> tuple[list[sweep.Cell], list[dict]]:
+    runner = make_sweep(tmp_path, launch, **settings)
+    cells = runner.plan([([f"method={m}"], {"method": m}) for m in methods])
+    return cells, runner.run(cells)
+
+
+def load(cell: sweep.Cell) -> optuna.Study:
+    return optuna.load_study(study_name=cell.study_name, storage=cell.storage_url)
+
+
+def test_each_cell_runs_n_trials_on_the_tuning_seed_then_the_best_params_on_each_final_seed(tmp_path):
+    best_number = 1
+    launch = FakeLauncher(lambda job: {"status": "success", "validation": 0.9 if job["tuning.trial"] == "1" else 0.5})
+    cells, summaries = run_sweep(tmp_path, launch, methods=("lora", "ia3"), width=2)
+    assert [len(b) for b in launch.batches] == [2, 1, 2, 2, 1, 2]  # trials in twos, then the finals
+    for cell, summary in zip(cells, summaries, strict=True):
+        trials = [j for j in launch.trials() if j["tuning.study"] == override_value(cell.study_name)]
+        finals = [j for j in launch.finals() if j["tuning.study"] == override_value(cell.study_name)]
+        assert sorted(int(j["tuning.trial"]) for j in trials) == [0, 1, 2] and len(load(cell).trials) == 3
+        assert {j["seed"] for j in trials} == {"1000"}
+        assert sorted(j["seed"] for j in finals) == ["0", "1"]
+        best = next(j for j in trials if j["tuning.trial"] == str(best_number))
+        for final in finals:
+            assert final["tuning.trial"] == str(best_number) and final["tuning.params"] == best["tuning.params"]
+            assert method_values(final) == method_values(best)
+        assert summary["best"]["trial"] == best_number and summary["final_seeds"] == [0, 1]
+        assert sorted(f["seed"] for f in summary["finals"]) == [0, 1]
+        assert json.loads(study.summary_path(tmp_path, cell.study_name).read_text()) == summary
+    lora = next(j for j in launch.trials() if "method.r" in j)
+    assert int(lora["method.lora_alpha"]) == 2 * int(lora["method.r"])  # derived keys reach the job
+
+
+def test_a_failed_or_crashed_trial_is_told_failed_and_the_cell_goes_on(tmp_path):
+    outcomes = {"0": None, "1": {"status": "failed"}, "2": {"status": "success", "validation": 0.8},
+                "3": {"status": "pruned"}, "4": {"status": "success", "validation": float("nan")}}  # fmt: skip
+    launch = FakeLauncher(
+        lambda job: outcomes[job["tuning.trial"]] if job["role"] == "trial" else {"status": "success"}
+    )
+    (cell,), (summary,) = run_sweep(tmp_path, launch, n_trials=5)
+    states = [t.state for t in load(cell).trials]
+    state = optuna.trial.TrialState
+    assert states == [state.FAIL, state.FAIL, state.COMPLETE, state.PRUNED, state.FAIL]
+    assert summary["pruned_trials"] == [3] and summary["best"]["trial"] == 2
+    assert {f["tuning.trial"] for f in launch.finals()} == {"2"} and len(launch.finals()) == 2
+
+
+def test_a_cell_with_no_completed_trial_launches_no_final(tmp_path):
+    launch = FakeLauncher(lambda job: {"status": "failed"})
+    (_,), (summary,) = run_sweep(tmp_path, launch)
+    assert len(launch.trials()) == 3 and not launch.finals()
+    assert summary["best"] is None and summary["finals"] == []
+
+
+def test_a_trial_from_another_device_is_told_failed_and_cannot_win(tmp_path):
+    def outcome(job):
+        if job["tuning.trial"] == "1":
+            return {"status": "success", "validation": 0.99, "identity": {"device_type": "cuda", "precision": "bf16"}}
+        return {"status": "success", "validation": 0.5}
+
+    launch = FakeLauncher(outcome)
+    (cell,), (summary,) = run_sweep(tmp_path, launch)
+    assert load(cell).trials[1].state == optuna.trial.TrialState.FAIL and summary["best"]["trial"] != 1
+
+
+def test_a_resumed_sweep_relaunches_only_the_interrupted_trial_then_tops_up_to_n_trials(tmp_path):
+    class Killed(Exception):
+        pass
+
+    def dies_at_trial_2(job):
+        if job["tuning.trial"] == "2":
+            raise Killed
+        return {"status": "success", "validation": 0.5}
+
+    first = FakeLauncher(dies_at_trial_2)
+    with pytest.raises(Killed):
+        run_sweep(tmp_path, first, n_trials=4)
+    interrupted = first.jobs[-1]
+    resumed = FakeLauncher()
+    (cell,), _ = run_sweep(tmp_path, resumed, n_trials=4)
+    trials = resumed.trials()
+    assert [j["tuning.trial"] for j in trials] == ["2", "3"]  # 0 and 1 finished: not relaunched
+    assert trials[0] == interrupted  # the same trial (id, parameters) again
+    assert [t.state.is_finished() for t in load(cell).trials] == [True] * 4
+
+    uninterrupted = FakeLauncher()
+    run_sweep(tmp_path / "fresh", uninterrupted, n_trials=4)
+    assert [method_values(j) for j in uninterrupted.trials()] == [method_values(j) for j in [*first.jobs, trials[1]]]
+
+    again = FakeLauncher()
+    run_sweep(tmp_path, again, n_trials=4)
+    assert not again.trials() and len(again.finals()) == 2  # finals relaunched: the run itself skips recorded ones
+
+
+def test_same_setting_keeps_the_first_trials_device_and_precision():
+    """Workers of two kinds sharing one storage: the study's first trial sets its setting; a trial that ran on
+    another device type or precision is told as failed, so a GPU trial never wins a CPU study's selection."""
+    opt_study = optuna.create_study()
+    cpu = {"identity": {"device_type": "cpu", "precision": "fp32", "data_sha256": {}}, "tuning": {"trial": 0}}
+    gpu = {"identity": {"device_type": "cuda", "precision": "bf16", "data_sha256": {}}, "tuning": {"trial": 1}}
+    assert sweep.same_setting(opt_study, cpu) and opt_study.user_attrs["setting"] == CPU
+    assert sweep.same_setting(opt_study, cpu)
+    assert not sweep.same_setting(opt_study, gpu)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"seeds": []}, r"hydra\.sweeper\.seeds: must list at least one seed"),
+        ({"seeds": [0, 1000]}, r"hydra\.sweeper\.seeds: includes 1000, the default tuning seed"),
+        ({"seeds": [0], "tuning_seed": "x"}, r"hydra\.sweeper\.tuning_seed: must be an integer or null"),
+        ({"seeds": [0], "n_trials": 0}, r"hydra\.sweeper\.n_trials: must be a positive integer"),
+        ({"seeds": [0], "sampler": {"_target_": "optuna.Nope"}}, r"hydra\.sweeper\.sampler\._target_: cannot import"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_cell_is_planned(settings, message):
+    def never(_):
+        raise AssertionError("nothing may compose or launch")
+
+    with pytest.raises(ConfigError, match=message):
+        sweep.Sweep(sweep.Settings(**settings), never, never)
+
+
+def test_a_tuning_seed_on_a_final_seed_is_allowed_only_explicitly(caplog):
+    assert sweep.tuning_seed(None, [0, 1]) == 1000
+    assert sweep.tuning_seed(0, [0, 1]) == 0 and "tuning seed 0 is also a final seed" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["role", "tuning.trial", "tuning"])
+def test_keys_the_sweep_sets_per_job_cannot_be_overridden(key):
+    with pytest.raises(ConfigError, match=rf"^{key}: is set by the study sweeper"):
+        sweep.check_key(key)
+
+
+def test_a_tuned_key_set_on_the_command_line_is_refused(tmp_path):
+    runner = make_sweep(tmp_path, FakeLauncher())
+    with pytest.raises(ConfigError, match=r"method\.lr: is tuned in this study"):
+        runner.plan([(["method=lora", "method.lr=1e-3"], {"method": "lora"})], fixed={"method.lr"})
