@@ -49,7 +49,9 @@ def tradeoff(rows: pd.DataFrame, cost: str, xlabel: str, log_x: bool, palette: d
     higher = bool(rows["higher_is_better"].iloc[0])
     rows = rows[pd.to_numeric(rows[cost], errors="coerce").notna()]  # records of schema 1 have no such figure
     if rows.empty:
-        axes.text(0.5, 0.5, f"no {xlabel.split(' (')[0]} in these records", ha="center", va="center", transform=axes.transAxes)
+        axes.text(
+            0.5, 0.5, f"no {xlabel.split(' (')[0]} in these records", ha="center", va="center", transform=axes.transAxes
+        )
         return figure
     budgets = list(dict.fromkeys(rows["budget"]))
     for b, (budget, block) in enumerate(rows.groupby("budget", sort=False)):
