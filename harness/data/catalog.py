@@ -12,7 +12,8 @@ ConfigStore is a root of every search path (``structured://``), so
 files, and Hydra lists these tasks among the group's options. A
 ``task/<name>.yaml`` under another search-path root
 (``hydra.searchpath=[file:///my/configs]``) composes too, and may inherit the
-bases here.
+bases here, as long as its name is not one of these tasks' (Hydra would merge
+the two, and refuses a merged option with two defaults lists).
 
 A task YAML names its metrics (``metrics: [f1, accuracy]``); storing it puts
 each metric's direction beside its name, from the metric's module

@@ -37,6 +37,8 @@ COLUMNS = {
 }
 OPTIONAL_COLUMNS = ("text_pair",)
 SOURCES = ("generator", "hub_id", "data_files", "data_dir")
+# Tokens a generation may add when the task sets no ``max_new_tokens``: greedy evaluation and RL rollouts alike.
+DEFAULT_MAX_NEW_TOKENS = 32
 
 
 def allowed_metrics(task_type: str) -> list[str]:
@@ -112,7 +114,7 @@ class TaskSpec:
     answer_column: str | None = None  # the reference exact match compares with
     reference_answer_pattern: str | None = None  # regex whose last match (group 1) is the reference answer
     answer_pattern: str | None = None  # regex whose last match is the answer in a generation (null: its first line)
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     max_seq_length: int | None = None  # tokens per example; replaces the budget's when set
     # Scoring: metrics by name (a direction stated here overrides the module's); the primary one is tuned and
     # reported first (null: the first listed).

@@ -26,11 +26,10 @@ from omegaconf import DictConfig
 
 from harness.compat import merge_into_evaluation_log, use_adapter
 from harness.data.answers import extract_answer
+from harness.data.spec import DEFAULT_MAX_NEW_TOKENS
 from harness.metrics import load_metric
 from harness.objectives.base import HELD_OUT_SPLITS
 
-# Tokens a generation may add when the task sets no ``max_new_tokens``: greedy evaluation and RL rollouts alike.
-DEFAULT_MAX_NEW_TOKENS = 32
 
 
 def max_new_tokens(task: DictConfig) -> int:
