@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness import budget as budget_stage
-from harness import measure, methods
+from harness import measure, methods, models
 from harness.data import cap_eval
 
 # Evaluation prefixes (the Trainer's ``metric_key_prefix``) and the splits they score, in evaluation order.
@@ -265,9 +265,18 @@ class Objective(ABC):
             meter.stop()
         return meter, eval_clock, evaluated
 
-    @abstractmethod
     def load_models(self, inputs: RunInputs) -> WrappedModels:
-        """Hook: the models loaded and wrapped by the method (counted as they are, before any trainer exists)."""
+        """Hook: the models loaded and wrapped by the method (counted as they are, before any trainer exists).
+        By default one model, from :meth:`load_model`, both trained and evaluated."""
+        cfg = inputs.cfg
+        model = methods.apply_method(
+            self.load_model(cfg, models.quantization_of(cfg)), inputs.method_object, inputs.context
+        )
+        return WrappedModels(trained=model, evaluated=model, head_modules=inputs.context.head_modules)
+
+    def load_model(self, cfg: DictConfig, quantization: str | None) -> nn.Module:
+        """Hook: the base model this objective trains, before the method wraps it."""
+        raise NotImplementedError(f"{type(self).__name__} loads its models in load_models")
 
     @abstractmethod
     def build_trainer(

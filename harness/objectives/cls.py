@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, EvalPrediction, PrinterCallback, Trainer, TrainingArguments
 
 from harness import budget as budget_stage
-from harness import data, methods, models
+from harness import data, models
 from harness.metrics import load_metric
 from harness.objectives.base import (
     HELD_OUT_SPLITS,
@@ -69,11 +69,8 @@ class ClassificationObjective(Objective):
     def num_labels(self, cfg: DictConfig) -> int:
         return len(cfg.task.label_names)
 
-    def load_models(self, inputs: RunInputs) -> WrappedModels:
-        cfg = inputs.cfg
-        model = models.load_classifier(cfg.model, self.num_labels(cfg), models.quantization_of(cfg), cfg.seed)
-        model = methods.apply_method(model, inputs.method_object, inputs.context)
-        return WrappedModels(trained=model, evaluated=model, head_modules=inputs.context.head_modules)
+    def load_model(self, cfg, quantization: str | None):
+        return models.load_classifier(cfg.model, self.num_labels(cfg), quantization, cfg.seed)
 
     def build_trainer(
         self, inputs: RunInputs, wrapped: WrappedModels, held_out: dict[str, Any], callbacks: list[Any]

@@ -31,7 +31,6 @@ from harness.metrics import load_metric
 from harness.objectives.base import HELD_OUT_SPLITS
 
 
-
 def max_new_tokens(task: DictConfig) -> int:
     """How long a generation may grow on this task, the same for evaluation and for every objective's rollouts."""
     return task.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)

@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import PrinterCallback
 
 from harness import budget as budget_stage
-from harness import methods, models
+from harness import models
 from harness.objectives.base import (
     DataOrderFingerprint,
     EvaluationWindows,
@@ -68,13 +68,6 @@ class TRLObjective(Objective):
 
     def trainer_kwargs(self, inputs: RunInputs, model) -> dict[str, Any]:
         return {}
-
-    def load_models(self, inputs: RunInputs) -> WrappedModels:
-        cfg = inputs.cfg
-        model = methods.apply_method(
-            self.load_model(cfg, models.quantization_of(cfg)), inputs.method_object, inputs.context
-        )
-        return WrappedModels(trained=model, evaluated=model, head_modules=inputs.context.head_modules)
 
     def build_trainer(
         self, inputs: RunInputs, wrapped: WrappedModels, held_out: dict[str, Any], callbacks: list[Any]
