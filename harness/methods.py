@@ -9,6 +9,7 @@ one class plus one YAML file. In every method the classification head trains.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +143,21 @@ def adalora_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from peft.tuners.adalora import AdaLoraModel
 
     return [(name, module) for name, module in model.named_modules() if isinstance(module, AdaLoraModel)]
+
+
+@contextmanager
+def task_loss_only(model: nn.Module):
+    """Evaluate on the task's loss alone: PEFT adds AdaLoRA's orthogonal penalty to ``outputs.loss`` on every
+    forward, evaluation included, so a recorded evaluation loss would otherwise mix in a regulariser."""
+    configs = [tuner.peft_config[tuner.trainable_adapter_name] for _, tuner in adalora_models(model)]
+    weights = [config.orth_reg_weight for config in configs]
+    for config in configs:
+        config.orth_reg_weight = 0.0
+    try:
+        yield
+    finally:
+        for config, weight in zip(configs, weights, strict=True):
+            config.orth_reg_weight = weight
 
 
 class RankAllocation(TrainerCallback):

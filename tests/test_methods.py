@@ -127,6 +127,9 @@ def test_adalora_reallocates_its_rank_budget_and_the_record_lists_it(make_cfg):
     assert all(rank != 12 for rank in ranks.values()) and len(set(ranks.values())) > 1
     assert allocation["final_rank_budget"] == sum(ranks.values()) == allocation["target_rank_budget"] == 4 * 8
     assert allocation["initial_rank_budget"] == 4 * 12
+    # evaluated on the task's loss: an untrained 2-class head scores about ln 2, PEFT's penalty would add ~1.7
+    step_0 = next(point for point in record["learning_curve"] if point["step"] == 0 and "eval_loss" in point)
+    assert step_0["eval_loss"] < 1.0, step_0
 
 
 @pytest.mark.parametrize(
@@ -146,3 +149,23 @@ def test_adalora_without_a_step_count_to_schedule_by_is_refused(make_cfg, overri
     with pytest.raises(ConfigError) as error:
         validate(make_cfg(*TINY, "method=adalora", *overrides))
     assert str(error.value).startswith(message)
+
+
+def test_an_adalora_evaluation_loss_is_the_task_loss_without_the_orthogonal_penalty(make_cfg):
+    """PEFT adds AdaLoRA's penalty to outputs.loss on every forward; inside an evaluation window the loss is the
+    cross-entropy of the logits alone, and the penalty is back for training afterwards."""
+    cfg = make_cfg(*TINY, "method=adalora")
+    prepared = prepare(cfg)
+    model = models.load_classifier(cfg.model, 2, None, cfg.seed)
+    model = methods.apply_method(model, prepared.method_object, prepared.context)
+    batch = {"input_ids": torch.randint(5, 100, (4, 12)), "labels": torch.tensor([0, 1, 1, 0])}
+    model.eval()
+    with torch.no_grad():
+        trained_on = model(**batch)
+        with methods.task_loss_only(model):
+            evaluated = model(**batch)
+        after = model(**batch)
+    cross_entropy = torch.nn.functional.cross_entropy(evaluated.logits, batch["labels"])
+    assert evaluated.loss.item() == pytest.approx(cross_entropy.item(), rel=1e-6)
+    assert trained_on.loss.item() > cross_entropy.item() + 0.01  # the penalty is there outside the window
+    assert after.loss.item() == pytest.approx(trained_on.loss.item(), rel=1e-6)

@@ -173,11 +173,13 @@ class EvaluationWindows:
 
     @contextmanager
     def evaluation_window(self):
-        if self.memory_meter is None:
-            yield
-            return
-        with self.memory_meter.phase_of("eval"):
-            yield
+        """The meter's evaluation phase, scored on the task's loss alone (no AdaLoRA penalty)."""
+        with methods.task_loss_only(self.model):
+            if self.memory_meter is None:
+                yield
+                return
+            with self.memory_meter.phase_of("eval"):
+                yield
 
     def evaluate(self, *args, **kwargs):
         with self.evaluation_window():
