@@ -162,6 +162,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         device=prepared.device,
         precision=prepared.precision,
         callbacks=callbacks,
+        data_sha256=prepared.identity["data_sha256"],
         on_wrapped=lambda sizes: record.update(records.wrapped_fields(sizes)),
     )
     fitted = prepared.objective.fit(inputs)

@@ -9,6 +9,8 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tokenised splits are cached per test session, never in the user's cache (subprocesses inherit it).
+os.environ.setdefault("FT_HARNESS_CACHE", __import__("tempfile").mkdtemp(prefix="ft-harness-test-cache-"))
 
 from pathlib import Path  # noqa: E402
 

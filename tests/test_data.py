@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, TINY
 
 from harness.config import ConfigError
 from harness.data import load_task, tokenize
@@ -191,3 +191,32 @@ def test_glue_tasks_read_the_original_tsvs_with_their_official_row_counts(make_c
 def test_a_data_root_without_the_tasks_folder_is_a_one_line_error(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=rf"^data_root: no folder {tmp_path}/sst2 for task sst2"):
         load_task(make_cfg("task=sst2", f"data_root={tmp_path}").task)
+
+
+def test_tokenized_splits_are_cached_by_data_tokenizer_and_length(tmp_path, monkeypatch, make_cfg):
+    """The second run of a sweep on the same data, tokenizer and length reads the cache instead of tokenizing;
+    changed data, another length or the cache switched off tokenize again, with identical results."""
+    from datasets import Dataset, DatasetDict
+
+    from harness import models
+    from harness.data import tokens
+
+    monkeypatch.setenv(tokens.CACHE_ENV, str(tmp_path / "cache"))
+    tokenizer = models.load_tokenizer(make_cfg(*TINY).model)
+    rows = {"text": ["a good film", "a bad one", "fine"], "label": [1, 0, 1]}
+    splits = DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows)})
+    calls = []
+    original = tokens._tokenize
+    monkeypatch.setattr(tokens, "_tokenize", lambda *a: calls.append(a[2]) or original(*a))
+
+    first = tokens.tokenize(splits, tokenizer, 16)
+    second = tokens.tokenize(splits, tokenizer, 16)
+    assert calls == [16] and second["train"]["input_ids"] == first["train"]["input_ids"]
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
+    tokens.tokenize(splits, tokenizer, 8)  # another length: another entry
+    edited = DatasetDict({name: split.map(lambda r: {"text": r["text"] + "!"}) for name, split in splits.items()})
+    assert tokens.tokenize(edited, tokenizer, 16)["train"]["input_ids"] != first["train"]["input_ids"]
+    assert calls == [16, 8, 16]
+    monkeypatch.setenv(tokens.CACHE_ENV, "off")
+    assert tokens.tokenize(splits, tokenizer, 16)["train"]["input_ids"] == first["train"]["input_ids"]
+    assert calls == [16, 8, 16, 16]

@@ -102,6 +102,7 @@ class RunInputs:
     device: torch.device
     precision: str
     callbacks: list[Any]
+    data_sha256: dict[str, str] | None = None  # the splits' content hash (keys caches of derived data)
     on_wrapped: Callable[[ModelSizes], None] = _ignore  # told the sizes at once: a run failing later still has them
 
 

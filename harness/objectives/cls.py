@@ -78,7 +78,7 @@ class ClassificationObjective(Objective):
         """The held-out splits scored tokenized as the training split is, capped as ``held_out`` is."""
         cfg = inputs.cfg
         tokenizer = models.load_tokenizer(cfg.model)
-        tokenized = data.tokenize(inputs.splits, tokenizer, budget_stage.sequence_length(cfg))
+        tokenized = data.tokenize(inputs.splits, tokenizer, budget_stage.sequence_length(cfg), inputs.data_sha256)
         cap = cfg.budget.get("max_eval_samples")
         evaluation_sets = {prefix: data.cap_eval(tokenized[HELD_OUT_SPLITS[prefix]], cap) for prefix in held_out}
         args = training_arguments(cfg, str(inputs.work_dir / "trainer"), inputs.precision, inputs.device)
