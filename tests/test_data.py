@@ -217,6 +217,9 @@ def test_tokenized_splits_are_cached_by_data_tokenizer_and_length(tmp_path, monk
     edited = DatasetDict({name: split.map(lambda r: {"text": r["text"] + "!"}) for name, split in splits.items()})
     assert tokens.tokenize(edited, tokenizer, 16)["train"]["input_ids"] != first["train"]["input_ids"]
     assert calls == [16, 8, 16]
+    monkeypatch.setattr(tokens, "_version", lambda name: "99.0")  # another tokenizers release: tokenize again
+    tokens.tokenize(splits, tokenizer, 16)
+    assert calls == [16, 8, 16, 16]
     monkeypatch.setenv(tokens.CACHE_ENV, "off")
     assert tokens.tokenize(splits, tokenizer, 16)["train"]["input_ids"] == first["train"]["input_ids"]
-    assert calls == [16, 8, 16, 16]
+    assert calls == [16, 8, 16, 16, 16]

@@ -12,6 +12,7 @@ disables it.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -79,9 +80,18 @@ def _cache_folder(splits: DatasetDict, tokenizer, max_length: int, data_sha256: 
         "columns": {name: split.column_names for name, split in splits.items()},
         "tokenizer": tokenizer_digest(tokenizer),
         "max_length": max_length,
+        # the same rules run by another release may split text differently
+        "libraries": {name: _version(name) for name in ("tokenizers", "transformers", "datasets")},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return root / "tokenized" / digest
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _store(tokenized: DatasetDict, folder: Path) -> None:
