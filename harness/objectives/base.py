@@ -277,9 +277,9 @@ class Objective(ABC):
         )
         return WrappedModels(trained=model, evaluated=model, head_modules=inputs.context.head_modules)
 
+    @abstractmethod
     def load_model(self, cfg: DictConfig, quantization: str | None) -> nn.Module:
         """Hook: the base model this objective trains, before the method wraps it."""
-        raise NotImplementedError(f"{type(self).__name__} loads its models in load_models")
 
     @abstractmethod
     def build_trainer(

@@ -298,6 +298,10 @@ class PPOObjective(Objective):
     def optimizer_steps_per_budget_step(self) -> int:
         return int(self.settings["ppo_epochs"]) * int(self.settings["num_minibatches"])
 
+    def load_model(self, cfg, quantization: str | None):
+        """The policy's base (and, for a non-PEFT method, its frozen reference copy)."""
+        return models.load_causal_lm(cfg.model, quantization, cfg.seed)
+
     def load_models(self, inputs: RunInputs) -> PPOModels:
         """The reward, the policy, its value model (the same method on a one-label token head) and, for a
         non-PEFT method, a frozen reference copy (a PEFT policy is its own reference, adapter disabled)."""
@@ -310,9 +314,7 @@ class PPOObjective(Objective):
         else:
             reward_fn = verifiable_reward(cfg.task)
         quantization = models.quantization_of(cfg)
-        policy = methods.apply_method(
-            models.load_causal_lm(cfg.model, quantization, cfg.seed), inputs.method_object, inputs.context
-        )
+        policy = methods.apply_method(self.load_model(cfg, quantization), inputs.method_object, inputs.context)
         value_context = dataclasses.replace(
             inputs.context, head_modules=list(cfg.model.head_modules), peft_task_type="TOKEN_CLS"
         )
@@ -320,7 +322,7 @@ class PPOObjective(Objective):
         value_model = methods.apply_method(value_model, methods.build_method(cfg.method, value_context), value_context)
         reference = None
         if not methods.is_peft_model(policy):
-            reference = models.load_causal_lm(cfg.model, quantization, cfg.seed).eval().requires_grad_(False)
+            reference = self.load_model(cfg, quantization).eval().requires_grad_(False)
         return PPOModels(
             trained=PolicyAndValue(policy, value_model),
             evaluated=policy,
