@@ -219,6 +219,7 @@ def _compute(fitted: FittedRun) -> dict[str, Any]:
         "stop_reason": spent.stop_reason,
         "samples": spent.samples,
         "data_order_sha256": spent.data_order_sha256,
+        **spent.utilisation,
         **spent.by_objective,
     }
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness import budget as budget_stage
-from harness import measure, methods, models
+from harness import measure, methods, models, utilisation
 from harness.data import cap_eval
 
 # Evaluation prefixes (the Trainer's ``metric_key_prefix``) and the splits they score, in evaluation order.
@@ -56,6 +56,7 @@ class Spending:
     stop_reason: str
     samples: int  # examples trained on, in the objective's unit (pairs, prompts, completions)
     data_order_sha256: str | None  # see DataOrderFingerprint; None when nothing trained
+    utilisation: dict[str, Any] = field(default_factory=dict)  # FLOPs and MFU (harness.utilisation)
     by_objective: dict[str, Any] = field(default_factory=dict)  # rollout tokens, reward-model passes, ...
 
 
@@ -237,7 +238,7 @@ class Objective(ABC):
             metrics={split: _scores(evaluated.get(prefix, {}), prefix) for prefix, split in HELD_OUT_SPLITS.items()},
             memory=meter.as_record(),
             final_eval_seconds=eval_clock.seconds,
-            spent=_spending(budget, trainer, self.spending(inputs, trainer)),
+            spent=_spending(budget, trainer, self.spending(inputs, trainer), inputs),
             learning_curve=budget.learning_curve,
             rank_allocation=methods.rank_allocation(trainer.model, _allocator_steps(callbacks), self.loss_from_model),
             schedule=TrainerSchedule(trainer.args.lr_scheduler_type, trainer.args.warmup_steps, trainer.args.data_seed),
@@ -338,12 +339,22 @@ def _scores(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k[len(start) :]: v for k, v in metrics.items() if k.startswith(start) and not k.endswith(TIMING_METRICS)}
 
 
-def _spending(budget: budget_stage.BudgetCallback, trainer: Any, by_objective: dict[str, Any]) -> Spending:
-    """The budget's tally, with the examples trained on and their order (``DataOrderFingerprint``)."""
+def _spending(
+    budget: budget_stage.BudgetCallback, trainer: Any, by_objective: dict[str, Any], inputs: RunInputs
+) -> Spending:
+    """The budget's tally, with the examples trained on and their order (``DataOrderFingerprint``), and the
+    FLOPs they cost against the device's peak (``TrainingFlops``; the CPU's peak is measured here, after
+    training and evaluation, so that it disturbs neither their clocks nor their memory windows)."""
+    spent = budget.spent(trainer.state)
+    flops = trainer.flop_tally.as_record()
     return Spending(
-        **budget.spent(trainer.state),
+        **spent,
         samples=trainer.samples_trained,
         data_order_sha256=trainer.data_order_fingerprint(),
+        utilisation={
+            **flops,
+            **utilisation.utilisation(flops["train_flops"], spent["seconds"], inputs.device, inputs.precision),
+        },
         by_objective=by_objective,
     )
 

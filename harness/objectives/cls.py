@@ -22,10 +22,11 @@ from harness.objectives.base import (
     WrappedModels,
     training_arguments,
 )
+from harness.utilisation import TrainingFlops
 
 
-class ClassificationTrainer(EvaluationWindows, DataOrderFingerprint, Trainer):
-    """transformers' Trainer, fingerprinting its data order and measuring its evaluations apart."""
+class ClassificationTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Trainer):
+    """transformers' Trainer, fingerprinting its data order, counting its FLOPs, measuring its evaluations apart."""
 
 
 def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str, float]]:

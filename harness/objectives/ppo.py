@@ -26,6 +26,7 @@ forward passes are counted in the record.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -48,6 +49,7 @@ from harness.objectives.base import (
 )
 from harness.objectives.generation import GenerationEvalMixin, chat_prompt, max_new_tokens, padding_side
 from harness.objectives.rl_reward import check_reward_settings, load_reward_model, model_reward, verifiable_reward
+from harness.utilisation import TrainingFlops
 
 POSITIVE_SETTINGS = (
     "kl_coef",
@@ -101,7 +103,7 @@ def response_mask(responses: torch.Tensor, eos_token_id: int, pad_token_id: int)
     return mask.float()
 
 
-class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, Trainer):
+class PPOTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, GenerationEvalMixin, Trainer):
     """transformers' Trainer with PPO's rollout-and-update loop as its ``train``."""
 
     def __init__(self, *args, ppo: dict[str, Any], reference: nn.Module | None, reward_fn, task, **kwargs):
@@ -138,7 +140,8 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, T
         batches = self._prompt_batches()
         while self.state.global_step < args.max_steps and not self.control.should_training_stop:
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-            logs = self._ppo_step(next(batches))
+            batch = next(batches)
+            logs = self.flop_tally.step(functools.partial(self._ppo_step, batch), batch)
             self.state.global_step += 1
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             if self.state.global_step % args.logging_steps == 0 or self.control.should_training_stop:

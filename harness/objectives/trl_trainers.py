@@ -28,6 +28,7 @@ from harness.objectives.base import (
     training_arguments,
 )
 from harness.objectives.generation import GenerationEvalMixin, as_conversation
+from harness.utilisation import TrainingFlops
 
 
 def conversational(split: Dataset, columns: tuple[str, ...]) -> Dataset:
@@ -120,5 +121,5 @@ class TRLObjective(Objective):
 
 def _measured(trainer_class: type) -> type:
     """The TRL trainer with the data-order fingerprint, the memory windows and the shared generation metrics."""
-    bases = (EvaluationWindows, DataOrderFingerprint, GenerationEvalMixin, trainer_class)
+    bases = (EvaluationWindows, DataOrderFingerprint, TrainingFlops, GenerationEvalMixin, trainer_class)
     return type(f"Measured{trainer_class.__name__}", bases, {})

@@ -131,6 +131,11 @@ def _varies(key: str) -> Callable[[pd.DataFrame], bool]:
     return lambda rows: rows[key].nunique() > 1
 
 
+def _counted(key: str) -> Callable[[pd.DataFrame], bool]:
+    """Shown where some row has the figure: records from before it was measured have none."""
+    return lambda rows: bool(rows[key].notna().any())
+
+
 def has_reference(rows: pd.DataFrame) -> bool:
     return bool(rows["is_reference"].any())
 
@@ -181,7 +186,9 @@ COLUMNS: tuple[Column, ...] = (
     C("eval_peak_mib", "eval_peak_mib", mean),
     C("train_s", "train_s", mean, "Train (s)", number, decimals=1, better="lower"),
     C("tokens_per_s", "tokens_per_s", mean, "Tokens/s", number, decimals=0, better="higher"),
+    C("mfu_pct", "mfu_pct", mean, "MFU (%)", number, decimals=1, better="higher", when=_counted("mfu_pct")),
     C("train_tokens", "train_tokens", mean),
+    C("train_tflops", "train_tflops", mean),
     C("tuned_params", "tuned_params", first),
     # Paired comparison with the reference method (stats.compare_paired) and Pareto fronts (stats.pareto_front).
     C(

@@ -46,6 +46,7 @@ QUICK_COLUMNS = [
     "train_peak_mib",
     "train_s",
     "tokens_per_s",
+    "mfu_pct",
 ]
 
 
@@ -100,11 +101,18 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "eval_s": time_.get("eval_seconds"),
         "tokens_per_s": time_.get("train_tokens_per_second"),
         "train_tokens": compute.get("train_tokens"),
+        "train_tflops": _scaled(compute.get("train_flops"), 1e12),
+        "mfu_pct": _scaled(compute.get("mfu"), 0.01),
         "steps": compute.get("steps"),
         "pruned_at_step": record.get("pruned_at_step"),
         "trained_kib": (record.get("trained_bytes") or 0) / 1024 or None,
         "finished_at": record.get("finished_at"),
     }
+
+
+def _scaled(value: float | None, unit: float) -> float | None:
+    """``value`` in ``unit``s; None (no FLOPs counted: a record from before they were) stays None."""
+    return value / unit if value is not None else None
 
 
 def _mib(value: float | None) -> float | None:
