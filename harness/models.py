@@ -42,7 +42,10 @@ def resolve_pretrained(pretrained: str) -> str:
 
 def cache_dir() -> Path:
     """Where converted models live: $FT_HARNESS_CACHE, else the user's cache folder."""
-    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "ft-harness"
+    setting = os.environ.get(CACHE_ENV, "")
+    if setting.lower() == "off":  # "off" switches the data caches off; a conversion is still kept, in the default place
+        setting = ""
+    root = setting or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "ft-harness"
     return Path(root).expanduser()
 
 

@@ -71,7 +71,7 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     """All checks that need no weights: config values, objective, data columns, target modules."""
     validate(cfg)
     objective = build_objective(cfg)
-    splits = data.load_task(cfg.task)
+    splits, data_sha256 = data.load_fingerprinted(cfg.task)
     num_labels = objective.num_labels(cfg)
     scorer = objective.head == "sequence_classification"
     context = methods.MethodContext(
@@ -94,21 +94,21 @@ def prepare(cfg: DictConfig) -> PreparedRun:
             methods_target = sorted(methods_target)
         check_target_modules(names, methods_target, f"method.{key}")
     device = _device()
-    identity = settled_identity(cfg, device, splits)
+    identity = settled_identity(cfg, device, data_sha256)
     rid = records.run_id(cfg, identity)
     return PreparedRun(
         cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context, objective, device, identity
     )
 
 
-def settled_identity(cfg: DictConfig, device: torch.device, splits: DatasetDict) -> dict[str, Any]:
+def settled_identity(cfg: DictConfig, device: torch.device, data_sha256: dict[str, str]) -> dict[str, Any]:
     """What makes two runs of one config different experiments: the device type, the precision ``auto``
     resolves to there (bf16 on a CUDA device that has it, else fp32), and the data's content hash (a
     generator, a Hub revision or a local file can change under the same config)."""
     return {
         "device_type": device.type,
         "precision": _precision(cfg.train.precision, device),
-        "data_sha256": data.fingerprint(splits),
+        "data_sha256": data_sha256,
     }
 
 

@@ -153,7 +153,7 @@ class Sweep:
         storage_url = self.settings.storage or study_stage.default_storage(cfg.results_dir)
         self._storage(storage_url)
         coordinates = study_stage.cell_coordinates(cfg, axes)
-        shared = {"tuning_seed": self.tuning_seed, "data_sha256": data.fingerprint(data.load_task(cfg.task))}
+        shared = {"tuning_seed": self.tuning_seed, "data_sha256": data.load_fingerprinted(cfg.task)[1]}
         name = study_stage.study_name(cfg, coordinates, [*space.distributions, *space.derive], shared)
         return Cell(overrides, coordinates, cfg, space, name, storage_url, study_stage.direction(cfg))
 

@@ -199,9 +199,9 @@ def test_tokenized_splits_are_cached_by_data_tokenizer_and_length(tmp_path, monk
     from datasets import Dataset, DatasetDict
 
     from harness import models
-    from harness.data import tokens
+    from harness.data import cache, tokens
 
-    monkeypatch.setenv(tokens.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
     tokenizer = models.load_tokenizer(make_cfg(*TINY).model)
     rows = {"text": ["a good film", "a bad one", "fine"], "label": [1, 0, 1]}
     splits = DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows)})
@@ -217,9 +217,41 @@ def test_tokenized_splits_are_cached_by_data_tokenizer_and_length(tmp_path, monk
     edited = DatasetDict({name: split.map(lambda r: {"text": r["text"] + "!"}) for name, split in splits.items()})
     assert tokens.tokenize(edited, tokenizer, 16)["train"]["input_ids"] != first["train"]["input_ids"]
     assert calls == [16, 8, 16]
-    monkeypatch.setattr(tokens, "_version", lambda name: "99.0")  # another tokenizers release: tokenize again
+    monkeypatch.setattr(cache, "library_versions", lambda *names: dict.fromkeys(names, "99.0"))  # another release
     tokens.tokenize(splits, tokenizer, 16)
     assert calls == [16, 8, 16, 16]
-    monkeypatch.setenv(tokens.CACHE_ENV, "off")
+    monkeypatch.setenv(cache.CACHE_ENV, "off")
     assert tokens.tokenize(splits, tokenizer, 16)["train"]["input_ids"] == first["train"]["input_ids"]
     assert calls == [16, 8, 16, 16, 16]
+
+
+def test_loaded_splits_are_cached_by_file_bytes_spec_and_generator(tmp_path, monkeypatch, make_cfg):
+    """A sweep's later runs read the loaded splits and their fingerprint from the cache; an edited file, another
+    spec value or a Hub task (keyed by the datasets cache, not here) load again."""
+    from harness.data import cache, load
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    rows = [(f"sentence {i}", i % 2) for i in range(50)]
+    _write_glue_like(tmp_path / "sst", rows, ["sentence", "label"], "train.tsv")
+    _write_glue_like(tmp_path / "sst", rows[:5], ["sentence", "label"], "dev.tsv")
+    calls = []
+    original = load.load_task
+    monkeypatch.setattr(load, "load_task", lambda spec: calls.append(spec.name) or original(spec))
+    task = make_cfg("task=sst2", f"task.data_dir={tmp_path / 'sst'}", "task.validation_size=10").task
+
+    first, first_sha = load.load_fingerprinted(task)
+    second, second_sha = load.load_fingerprinted(task)
+    assert calls == ["sst2"] and second_sha == first_sha == load.fingerprint(first)
+    assert second["train"]["text"] == first["train"]["text"]
+    task.validation_size = 12  # another carve: another entry
+    assert len(load.load_fingerprinted(task)[0]["validation"]) == 12 and len(calls) == 2
+    _write_glue_like(tmp_path / "sst", rows[:40], ["sentence", "label"], "train.tsv")  # the file edited
+    assert load.load_fingerprinted(task)[1] != first_sha and len(calls) == 3
+
+    toy = make_cfg("task=toy_sentiment", "task.generator.n_train=40").task
+    load.load_fingerprinted(toy), load.load_fingerprinted(toy)
+    assert calls.count("toy_sentiment") == 1
+    toy.generator.seed = 7  # another generator config
+    load.load_fingerprinted(toy)
+    assert calls.count("toy_sentiment") == 2
+    assert load._source_key(load.TaskSpec.from_config(make_cfg("task=sst2", "data_root=null").task)) is None

@@ -8,13 +8,14 @@ One module per concern:
 * :mod:`~harness.data.prompts`: prompt templates and dialogues split into prompt and answers;
 * :mod:`~harness.data.answers`: the answer inside a generation or a reference;
 * :mod:`~harness.data.tokens`: tokenisation of classification splits;
-* :mod:`~harness.data.fingerprint`: a content hash of each split.
+* :mod:`~harness.data.fingerprint`: a content hash of each split;
+* :mod:`~harness.data.cache`: loaded and tokenised splits kept on disk for a sweep's later runs.
 
 The stage's interface to a run is re-exported here.
 """
 
 from harness.data.fingerprint import fingerprint
-from harness.data.load import cap_eval, load_task
+from harness.data.load import cap_eval, load_fingerprinted, load_task
 from harness.data.tokens import tokenize
 
-__all__ = ["cap_eval", "fingerprint", "load_task", "tokenize"]
+__all__ = ["cap_eval", "fingerprint", "load_fingerprinted", "load_task", "tokenize"]

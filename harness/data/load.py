@@ -11,6 +11,8 @@ is loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,20 @@ import datasets
 import pandas as pd
 from datasets import ClassLabel, DatasetDict
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
+from harness.data import cache
 from harness.data.answers import extract_answer
+from harness.data.fingerprint import fingerprint
 from harness.data.prompts import as_text, fill, split_shared_prompt, template_fields
 from harness.data.spec import COLUMNS, LocalCopy, TaskSpec
 from harness.paths import project_path
 
 FILE_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Names a split's file may have in a data_dir (GLUE ships dev.tsv for validation).
+# The data stage's modules whose code shapes a loaded split: a change to any of them is a new cache key.
+LOADER_MODULES = ("load.py", "prompts.py", "answers.py", "spec.py", "fingerprint.py")
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "val"), "test": ("test",)}
 
 
@@ -42,6 +48,69 @@ def load_task(task: DictConfig | TaskSpec) -> DatasetDict:
     if spec.type == "classification":
         return DatasetDict({name: _normalise_classification(spec, split, name) for name, split in splits.items()})
     return DatasetDict({name: _normalise_generative(spec, split, name) for name, split in splits.items()})
+
+
+def load_fingerprinted(task: DictConfig | TaskSpec) -> tuple[DatasetDict, dict[str, str]]:
+    """:func:`load_task` and the splits' content hash (:func:`~harness.data.fingerprint.fingerprint`), from the
+    data cache when the same source was loaded by the same code before (see :mod:`harness.data.cache`)."""
+    spec = task if isinstance(task, TaskSpec) else TaskSpec.from_config(task)
+    source = _source_key(spec)
+    folder = cache.entry_folder("loaded", {**source, **_loader_key(spec)}) if source is not None else None
+    splits, stored = cache.read(folder), cache.read_extra(folder) if folder is not None else None
+    if splits is not None and stored is not None:
+        return splits, stored["data_sha256"]
+    splits = load_task(spec)
+    digests = fingerprint(splits)
+    cache.store(splits, folder, {"data_sha256": digests})
+    return splits, digests
+
+
+def _source_key(spec: TaskSpec) -> dict[str, Any] | None:
+    """What the loaded data is made of, provably, offline: the bytes of every file read, or the generator's
+    config and source code. None for the Hub (the ``datasets`` cache keys it by revision) and for a source
+    that cannot be read (loading it reports why)."""
+    try:
+        if spec.data_files or spec.data_dir:
+            return {"files": _digests(_source_files(spec))}
+        if spec.local is not None and spec.local.path is not None:
+            folder = spec.local.path
+            names = dict(spec.local.files) if spec.local.files else _data_dir_files(folder)
+            return {"files": _digests({split: str(folder / name) for split, name in names.items()})}
+    except (OSError, ConfigError):
+        return None
+    if spec.generator:
+        generator = OmegaConf.to_container(spec.generator, resolve=True)
+        module = str(generator.get("_target_", "")).rpartition(".")[0]
+        origin = importlib.util.find_spec(module).origin if module else None
+        return {"generator": generator, "code": cache.file_digest(Path(origin))} if origin else None
+    return None
+
+
+def _loader_key(spec: TaskSpec) -> dict[str, Any]:
+    """The spec (splits, columns, labels, prompts: all shape the result) and the code and releases that apply it."""
+    described = dataclasses.asdict(dataclasses.replace(spec, generator=None))
+    here = Path(__file__).parent
+    code = {name: cache.file_digest(here / name) for name in LOADER_MODULES}
+    return {"spec": described, "loader": code, "libraries": cache.library_versions("datasets", "pandas", "pyarrow")}
+
+
+def _source_files(spec: TaskSpec) -> dict[str, str | list[str]]:
+    if spec.data_files is None:
+        return _data_dir_files(project_path(spec.data_dir))
+    if isinstance(spec.data_files, dict):
+        return {split: _absolute(paths) for split, paths in spec.data_files.items()}
+    return {"train": _absolute(spec.data_files)}
+
+
+def _absolute(paths: str | list[str]) -> str | list[str]:
+    return str(project_path(paths)) if isinstance(paths, str) else [str(project_path(p)) for p in paths]
+
+
+def _digests(files: dict[str, str | list[str]]) -> dict[str, list[str]]:
+    return {
+        split: [cache.file_digest(Path(p)) for p in ([paths] if isinstance(paths, str) else paths)]
+        for split, paths in files.items()
+    }
 
 
 def load_raw(task: DictConfig | TaskSpec) -> DatasetDict:
@@ -97,15 +166,7 @@ def _data_dir_files(data_dir: Path) -> dict[str, str]:
 
 
 def _load_files(spec: TaskSpec) -> DatasetDict:
-    def absolute(paths: str | list[str]) -> str | list[str]:
-        return str(project_path(paths)) if isinstance(paths, str) else [str(project_path(p)) for p in paths]
-
-    if spec.data_files is None:
-        files = _data_dir_files(project_path(spec.data_dir))
-    elif isinstance(spec.data_files, dict):
-        files = {split: absolute(paths) for split, paths in spec.data_files.items()}
-    else:  # one path or a list: the train split
-        files = {"train": absolute(spec.data_files)}
+    files = _source_files(spec)  # one path or a list stands for the train split
     first = next(iter(files.values()))
     builder, kwargs = _file_format(spec.file_format, first if isinstance(first, str) else first[0])
     try:
