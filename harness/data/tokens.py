@@ -44,17 +44,28 @@ def _tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
 
 def tokenizer_digest(tokenizer) -> str:
     """The tokenizer as it tokenizes: for a fast tokenizer its serialised model, normaliser and rules, less the
-    truncation and padding state a previous call left on it (this call sets its own)."""
+    truncation and padding state a previous call left on it (each call sets its own)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        serialised = json.loads(backend.to_str())
-        serialised.pop("truncation", None)
-        serialised.pop("padding", None)
-        content = json.dumps(serialised, sort_keys=True)
-    else:
-        content = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    content = (
+        _rules_without_call_state(backend) if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
     described = f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{content}"
     return hashlib.sha256(described.encode()).hexdigest()
+
+
+def _rules_without_call_state(backend) -> str:
+    """``to_str`` with truncation and padding cleared, then restored: serialising without them this way costs a
+    few milliseconds, where parsing and re-dumping the JSON cost fifty (it runs in every run of a sweep)."""
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        return backend.to_str()
+    finally:
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
 
 
 def _cache_folder(splits: DatasetDict, tokenizer, max_length: int, data_sha256: dict[str, str] | None) -> Path | None:
