@@ -28,12 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CHILD = """
 import json, sys, time
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from harness import data, models
 from harness.budget import sequence_length
-from harness.data import catalog
-catalog.register_tasks()
-with initialize_config_module(config_module="harness_conf", version_base=None):
+from harness.cli import CONFIG_DIR
+with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
     cfg = compose(config_name="config", overrides=sys.argv[1:])
 tokenizer = models.load_tokenizer(cfg.model)
 def prepare():
