@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli_with
+from conftest import TINY, compose_config, run_cli_with
 
 from harness import records
 from harness.config import ConfigError
@@ -387,3 +387,29 @@ def test_methods_that_would_train_nothing_on_a_decoder_are_refused_before_loadin
     cfg = compose_config([*TINY_LM, "task=arithmetic", f"method={method}"])
     with pytest.raises(ConfigError, match=rf"^method: {method} leaves nothing to train in this model"):
         prepare(cfg)
+
+
+def test_classification_scores_are_the_same_whatever_order_the_rows_are_evaluated_in(make_cfg):
+    """Evaluation runs longest rows first (less padding); accuracy and the mean loss must not move."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    from harness import data, models
+    from harness.objectives.cls import by_length, classification_trainer
+
+    cfg = make_cfg(*TINY)
+    tokenizer = models.load_tokenizer(cfg.model)
+    rows = data.tokenize(data.load_task(cfg.task), tokenizer, 32)["validation"]
+    ordered = by_length(rows)
+    lengths = [len(ids) for ids in ordered["input_ids"]]
+    assert lengths == sorted(lengths, reverse=True) and lengths != [len(ids) for ids in rows["input_ids"]]
+    assert sorted(ordered["input_ids"]) == sorted(rows["input_ids"])
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    args = TrainingArguments(output_dir=str(cfg.results_dir), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    trainer = classification_trainer(model, tokenizer, rows, rows, args, cfg.task, [])
+    as_given, longest_first = trainer.evaluate(rows), trainer.evaluate(ordered)
+    assert as_given["eval_accuracy"] == longest_first["eval_accuracy"]
+    assert as_given["eval_loss"] == pytest.approx(longest_first["eval_loss"], abs=1e-6)
