@@ -70,9 +70,10 @@ def validate_budget(budget: DictConfig) -> None:
     for key in ("batch_size", "max_seq_length", "eval_steps"):
         if not _is_positive(budget.get(key), integer=True):
             raise ConfigError(f"budget.{key}", f"must be a positive integer (got {budget.get(key)!r})")
-    cap = budget.get("max_eval_samples")
-    if cap is not None and not _is_positive(cap, integer=True):
-        raise ConfigError("budget.max_eval_samples", f"must be a positive integer or null (got {cap!r})")
+    for key in ("max_eval_samples", "eval_batch_size"):
+        value = budget.get(key)
+        if value is not None and not _is_positive(value, integer=True):
+            raise ConfigError(f"budget.{key}", f"must be a positive integer or null (got {value!r})")
 
 
 def _import_target(key: str, target: Any) -> type:

@@ -53,6 +53,10 @@ def _error(make_cfg, *overrides: str, base: tuple[str, ...] = tuple(TINY)) -> Co
         (["budget.max_steps=null"], "budget", "no stop rule"),
         (["budget.max_steps=0"], "budget.max_steps", "positive"),
         (["budget.batch_size=0"], "budget.batch_size", "positive integer"),
+        (["+budget.eval_batch_size=0"], "budget.eval_batch_size", "positive integer or null"),
+        (["+task.stop_strings=stop"], "task.stop_strings", "must be a non-empty list of non-empty strings"),
+        (["+task.stop_strings=['\\n', '']"], "task.stop_strings", "must be a non-empty list of non-empty strings"),
+        (["+task.stop_strings=[]"], "task.stop_strings", "must be a non-empty list of non-empty strings"),
         (["task.text_column=sentence"], "task.text_column", "available: text, label"),
         (
             ["task=toy_entailment", "task.text_pair_column=hypo"],

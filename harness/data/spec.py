@@ -115,6 +115,8 @@ class TaskSpec:
     reference_answer_pattern: str | None = None  # regex whose last match (group 1) is the reference answer
     answer_pattern: str | None = None  # regex whose last match is the answer in a generation (null: its first line)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    # Strings that end a greedy evaluation generation besides EOS; the text from the first one on is dropped.
+    stop_strings: list[str] | None = None
     max_seq_length: int | None = None  # tokens per example; replaces the budget's when set
     # Scoring: metrics by name (a direction stated here overrides the module's); the primary one is tuned and
     # reported first (null: the first listed).
@@ -166,6 +168,7 @@ class TaskSpec:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"task.{key}", f"must be a positive integer or null (got {value!r})")
+        self._check_stop_strings()
         if "exact_match" in [m.name for m in self.metrics] and not self.answer_column:
             raise ConfigError(
                 "task.answer_column", "must name the reference-answer column when exact_match is a metric"
@@ -192,6 +195,16 @@ class TaskSpec:
                 )
         if self.primary_metric is not None and self.primary_metric not in names:
             raise ConfigError("task.primary_metric", f"got {self.primary_metric!r}; allowed: {', '.join(names)}")
+
+    def _check_stop_strings(self) -> None:
+        """A bare string would be read letter by letter, and an empty one would stop every generation at once."""
+        value = self.stop_strings
+        if value is not None and not (
+            isinstance(value, list) and value and all(isinstance(s, str) and s for s in value)
+        ):
+            raise ConfigError(
+                "task.stop_strings", f"must be a non-empty list of non-empty strings or null (got {value!r})"
+            )
 
     def _check_files(self) -> None:
         if self.data_files is not None:

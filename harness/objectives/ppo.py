@@ -355,7 +355,7 @@ class PPOObjective(Objective):
             reward_fn=wrapped.reward_fn,
             task=cfg.task,
         )
-        trainer.score_held_out(held_out, cfg.task)
+        trainer.score_held_out(held_out, cfg.task, cfg.budget.get("eval_batch_size"))
         return TrainerSetup(trainer, dict.fromkeys(held_out))
 
     def spending(self, inputs: RunInputs, trainer: PPOTrainer) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class TRLObjective(Objective):
                 f"max_seq_length={budget_stage.sequence_length(cfg)} leaves no completion token in any of the "
                 f"{len(inputs.splits['train'])} training examples (the formatted prompts are longer); raise task.max_seq_length"
             )
-        trainer.score_held_out(held_out, cfg.task)
+        trainer.score_held_out(held_out, cfg.task, cfg.budget.get("eval_batch_size"))
         trainer.rows_per_example = max(1, len(self.completion_columns))
         trainer.scores_by_reward = self.scores_by_reward
         trainer.implicit_reward_beta = self.implicit_reward_beta()
