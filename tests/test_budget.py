@@ -110,3 +110,24 @@ def test_a_curve_whose_last_evaluation_is_the_final_step_gains_no_duplicate():
     callback.on_train_end(args, state, control)
     callback.on_log(args, state, control, logs={"eval_exact_match": 0.3, "eval_runtime": 9.0})
     assert callback.learning_curve == [{"step": 50, "loss": 0.5, "eval_exact_match": 0.3}]
+
+
+@pytest.mark.parametrize(("steps", "passes"), [(4, 3), (5, 4)])
+def test_the_final_validation_reuses_a_pass_training_ran_at_its_last_step(make_cfg, monkeypatch, steps, passes):
+    """Steps 0, 2, 4 are validated during training: when training ends on step 4 that pass is the final one
+    (three passes, its scores the record's); ending on step 5 needs a fourth."""
+    from transformers import Trainer
+
+    prefixes = []
+    original = Trainer.evaluate
+
+    def counted(self, *args, **kwargs):
+        prefixes.append(kwargs.get("metric_key_prefix", "eval"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    record = run_one(make_cfg(*TINY, f"budget.max_steps={steps}", "budget.eval_steps=2"))
+    assert prefixes.count("eval") == passes and prefixes.count("test") == 1
+    last = [p for p in record["learning_curve"] if "eval_accuracy" in p][-1]
+    assert last["step"] == steps and record["metrics"]["validation"]["accuracy"] == last["eval_accuracy"]
+    assert record["metrics"]["validation"]["loss"] == last["eval_loss"]

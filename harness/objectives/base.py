@@ -228,7 +228,7 @@ class Objective(ABC):
         callbacks = [budget, *methods.method_callbacks(wrapped.trained), *inputs.callbacks]
         held_out = held_out_splits(inputs.cfg, inputs.splits)
         setup = self.build_trainer(inputs, wrapped, held_out, callbacks)
-        meter, eval_clock, evaluated = self._train_and_evaluate(setup, list(held_out), inputs.device)
+        meter, eval_clock, evaluated = self._train_and_evaluate(setup, list(held_out), inputs.device, budget)
         trainer = setup.trainer
         frozen = [model for model in self.frozen_models(trainer, wrapped) if model is not None]
         return FittedRun(
@@ -246,14 +246,15 @@ class Objective(ABC):
         )
 
     def _train_and_evaluate(
-        self, setup: TrainerSetup, prefixes: list[str], device: torch.device
+        self, setup: TrainerSetup, prefixes: list[str], device: torch.device, budget: budget_stage.BudgetCallback
     ) -> tuple[measure.MemoryMeter, measure.Stopwatch, dict[str, dict[str, Any]]]:
         """Train, then time the final evaluations of ``prefixes`` (those :func:`held_out_splits` allows,
         whatever sets the hook prepared), with memory measured per phase.
 
         The meter's baseline is taken as training starts; evaluations (periodic
         ones inside ``train`` and the final ones) are its evaluation windows, the
-        rest of ``train`` its training window.
+        rest of ``train`` its training window. A validation pass that training
+        already ran at its last step is not run again (:func:`validated_at_end`).
         """
         trainer = setup.trainer
         meter = trainer.memory_meter = measure.MemoryMeter(device)
@@ -263,7 +264,9 @@ class Objective(ABC):
             meter.enter(None)  # training is over; only the evaluation windows below count
             with measure.Stopwatch(device) as eval_clock:
                 evaluated = {
-                    prefix: self.evaluate_split(trainer, prefix, setup.evaluation_sets[prefix]) for prefix in prefixes
+                    prefix: validated_at_end(budget.learning_curve, trainer.state.global_step, prefix)
+                    or self.evaluate_split(trainer, prefix, setup.evaluation_sets[prefix])
+                    for prefix in prefixes
                 }
         finally:
             meter.stop()
@@ -304,6 +307,17 @@ class Objective(ABC):
     def samples(self, trainer: Any) -> list[dict[str, Any]]:
         """Hook: generations to keep beside the record (none for a scorer)."""
         return []
+
+
+def validated_at_end(curve: list[dict[str, Any]], final_step: int, prefix: str) -> dict[str, Any] | None:
+    """The periodic validation pass at the step training ended on, when there was one (steps a multiple of
+    ``eval_steps``, a pruned trial): the same weights on the same rows, so a final pass would repeat it to the
+    digit. None for the test split, which training never scores, and when training ended between evaluations."""
+    if prefix != "eval":
+        return None
+    start = f"{prefix}_"
+    scores = {k: v for p in curve if p["step"] == final_step for k, v in p.items() if k.startswith(start)}
+    return scores or None
 
 
 def held_out_splits(cfg: DictConfig, splits) -> dict[str, Any]:
