@@ -34,6 +34,21 @@ def trainer_max_steps(budget: DictConfig) -> int:
     return int(budget.max_steps) if budget.get("max_steps") else UNBOUNDED_STEPS
 
 
+def micro_batch_size(budget: DictConfig) -> int:
+    """Examples per forward and backward pass: ``budget.micro_batch_size``, else the whole batch.
+
+    It bounds peak memory and nothing else: gradients are accumulated over
+    ``budget.batch_size / micro_batch_size`` passes, so an optimizer step (one
+    budget step) still sees ``budget.batch_size`` examples.
+    """
+    return int(budget.get("micro_batch_size") or budget.batch_size)
+
+
+def accumulation_steps(budget: DictConfig) -> int:
+    """Forward and backward passes per optimizer step (config.validate_budget checks the division is exact)."""
+    return int(budget.batch_size) // micro_batch_size(budget)
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss: the run is failed, not reported."""
 

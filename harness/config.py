@@ -74,6 +74,12 @@ def validate_budget(budget: DictConfig) -> None:
         value = budget.get(key)
         if value is not None and not _is_positive(value, integer=True):
             raise ConfigError(f"budget.{key}", f"must be a positive integer or null (got {value!r})")
+    micro = budget.get("micro_batch_size")
+    if micro is not None and not (_is_positive(micro, integer=True) and budget.batch_size % micro == 0):
+        raise ConfigError(
+            "budget.micro_batch_size",
+            f"must be a positive integer dividing budget.batch_size={budget.batch_size}, or null (got {micro!r})",
+        )
 
 
 def _import_target(key: str, target: Any) -> type:

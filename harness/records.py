@@ -43,6 +43,12 @@ NON_IDENTITY_KEYS = (
     "tuning.storage",
     "tuning.trial_id",
     "tuning.pruner",
+    # How the batch is cut into passes, or when the DPO reference is scored: memory and time change, not what
+    # is computed (the same examples per optimizer step, the same loss), so a run that ran out of memory is
+    # finished under its own run_id with a smaller micro-batch. The record's ``memory`` and ``training``
+    # blocks carry the micro-batch, ``compute`` the precomputation's time.
+    "budget.micro_batch_size",
+    "objective.precompute_ref_log_probs",
 )
 # A pruned trial is finished too: re-running it would spend the same compute to be pruned again.
 FINISHED_STATUSES = ("success", "pruned")
@@ -144,7 +150,7 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
     The one place a record's measurements are assembled, so that every objective's records have
     the same keys, in the same order, meaning the same thing.
     """
-    from harness.budget import sequence_length  # here, not at the top: the report reads records without torch
+    from harness.budget import micro_batch_size, sequence_length  # here: the report reads records without torch
     from harness.models import quantization_of
 
     precision, spent = record["identity"]["precision"], fitted.spent
@@ -152,6 +158,7 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
         "optimizer": cfg.train.optimizer,
         "precision": precision,
         "batch_size": cfg.budget.batch_size,
+        "micro_batch_size": micro_batch_size(cfg.budget),  # at most this many examples per forward/backward pass
         "max_seq_length": sequence_length(cfg),
     }
     metrics = {"validation": fitted.metrics["validation"], "test": fitted.metrics["test"]}

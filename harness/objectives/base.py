@@ -125,8 +125,27 @@ class TrainerSetup:
     evaluation_sets: dict[str, Any]
 
 
-# Where a batch's token ids are, by trainer: Trainer/SFT/reward, DPO's pairs, TRL's prompt tensors.
-ORDER_KEYS = ("input_ids", "prompt_input_ids", "prompt_ids")
+# Where a batch's token ids are, by trainer (Trainer/SFT/reward/DPO, TRL's prompt tensors), and the mask of their real tokens.
+ORDER_KEYS = {"input_ids": "attention_mask", "prompt_input_ids": "prompt_attention_mask", "prompt_ids": "prompt_mask"}
+
+
+def example_tokens(ids: torch.Tensor, mask: torch.Tensor | None, rows_per_example: int) -> bytes:
+    """A batch's real tokens, example by example, each row prefixed by its length.
+
+    Padding and the cut into micro-batches (``budget.micro_batch_size``) leave it
+    unchanged, so a run with gradient accumulation that trains on the same examples
+    in the same order as one without gets the same fingerprint. Preference batches
+    stack every chosen row before every rejected one: an example's rows lie
+    ``len(ids) / rows_per_example`` apart.
+    """
+    ids = ids.detach().cpu()
+    real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
+    order = torch.arange(ids.shape[0]).view(rows_per_example, -1).T.flatten()
+    content = bytearray()
+    for row in order.tolist():
+        tokens = ids[row][real[row]]
+        content += len(tokens).to_bytes(4, "little") + tokens.numpy().tobytes()
+    return bytes(content)
 
 
 class DataOrderFingerprint:
@@ -146,12 +165,22 @@ class DataOrderFingerprint:
 
     def training_step(self, model, inputs, *args, **kwargs):
         if isinstance(inputs, list):  # online RL trainers get raw prompt rows and generate from them
-            self.note_batch(json.dumps([row.get("prompt") for row in inputs], default=str).encode(), len(inputs))
+            if self._generates_now():
+                self.note_batch(json.dumps([row.get("prompt") for row in inputs], default=str).encode(), len(inputs))
         else:
-            ids = next((inputs[k] for k in ORDER_KEYS if k in inputs), None)
-            if ids is not None:
-                self.note_batch(ids.detach().cpu().numpy().tobytes(), int(ids.shape[0]) // self.rows_per_example)
+            key = next((k for k in ORDER_KEYS if k in inputs), None)
+            if key is not None:
+                ids = inputs[key]
+                content = example_tokens(ids, inputs.get(ORDER_KEYS[key]), self.rows_per_example)
+                self.note_batch(content, int(ids.shape[0]) // self.rows_per_example)
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def _generates_now(self) -> bool:
+        """TRL's online trainers hand their whole generation batch to each accumulation step (each trains on a
+        slice of it) and generate anew every ``steps_per_generation × num_iterations`` steps: the batch is
+        noted once, when it is generated, or accumulation would count its examples once per slice."""
+        every = (getattr(self.args, "steps_per_generation", None) or 1) * getattr(self, "num_iterations", 1)
+        return getattr(self, "_step", 0) % every == 0
 
     def note_batch(self, content: bytes, examples: int) -> None:
         """Fold one training batch into the fingerprint (a loop of its own, such as PPO's, calls this directly)."""
@@ -388,8 +417,14 @@ def training_arguments(
     the same order. Nothing is dropped: ``dataloader_drop_last`` would also
     drop evaluation examples, so samples are counted as they are trained on.
     TRL's configs subclass TrainingArguments; ``config_class`` picks one and
-    ``extra`` carries its own fields. Gradient checkpointing stays off (TRL
-    turns it on by default) so that memory is measured the same way for all.
+    ``extra`` carries its own fields (and may override a shared one). Gradient
+    checkpointing stays off (TRL turns it on by default) so that memory is
+    measured the same way for all.
+
+    ``budget.micro_batch_size`` bounds the examples per forward and backward
+    pass, in training and in evaluation; gradients are accumulated so that an
+    optimizer step, the unit the budget counts, still sees ``budget.batch_size``
+    examples.
     """
     from transformers import TrainingArguments
 
@@ -399,8 +434,9 @@ def training_arguments(
     shared = dict(
         output_dir=output_dir,
         max_steps=budget_stage.trainer_max_steps(b),
-        per_device_train_batch_size=b.batch_size,
-        per_device_eval_batch_size=b.batch_size,
+        per_device_train_batch_size=budget_stage.micro_batch_size(b),
+        gradient_accumulation_steps=budget_stage.accumulation_steps(b),
+        per_device_eval_batch_size=budget_stage.micro_batch_size(b),
         learning_rate=cfg.method.lr,
         weight_decay=t.weight_decay,
         warmup_steps=int(t.warmup_ratio * b.max_steps) if step_bounded else 0,
@@ -424,4 +460,4 @@ def training_arguments(
     )
     if config_class is not TrainingArguments:
         shared["gradient_checkpointing"] = False
-    return config_class(**shared, **extra)
+    return config_class(**{**shared, **extra})

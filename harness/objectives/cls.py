@@ -28,6 +28,14 @@ from harness.utilisation import TrainingFlops
 class ClassificationTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Trainer):
     """transformers' Trainer, fingerprinting its data order, counting its FLOPs, measuring its evaluations apart."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The loss is the mean over a batch, and gradient accumulation must keep it so: the Trainer then
+        # averages the micro-batches' means. Left on, the Trainer passes ``num_items_in_batch`` to any model
+        # whose forward takes **kwargs and trusts it to normalise over the whole accumulated batch; BERT's
+        # classifier ignores it, and its accumulated loss (and gradient) would be the micro-batches' sum.
+        self.model_accepts_loss_kwargs = False
+
 
 def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str, float]]:
     """Every metric the task lists, computed from argmax predictions."""

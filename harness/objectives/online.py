@@ -15,6 +15,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from harness import budget as budget_stage
 from harness.compat import pin_trl_reference
 from harness.config import ConfigError
 from harness.objectives.generation import max_new_tokens, rewards
@@ -72,7 +73,15 @@ class OnlineRLObjective(TRLObjective):
             "max_completion_length": max_new_tokens(cfg.task),
             "beta": float(self.settings["beta"]),
             "temperature": float(self.settings["temperature"]),
+            "per_device_eval_batch_size": self._eval_batch_size(cfg),
         }
+
+    def _eval_batch_size(self, cfg) -> int:
+        """The micro-batch rounded up to whole prompt groups: TRL evaluates ``num_generations`` completions
+        of each prompt in one batch. Training needs no rounding, since TRL generates the whole batch
+        (``budget.batch_size`` completions) at once and only its forward and backward passes are cut."""
+        generations = int(self.settings["num_generations"])
+        return -(-budget_stage.micro_batch_size(cfg.budget) // generations) * generations
 
     def train_rows(self, split: Dataset) -> Dataset:
         def convert(row: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +100,8 @@ class OnlineRLObjective(TRLObjective):
         reward_model = None
         if self.settings["reward"] == "model":
             reward_model, _ = load_reward_model(cfg, self.settings["reward_run"])
-        self.reward = RolloutReward(cfg.task, models.load_tokenizer(cfg.model), reward_model, cfg.budget.batch_size)
+        tokenizer, batch = models.load_tokenizer(cfg.model), budget_stage.micro_batch_size(cfg.budget)
+        self.reward = RolloutReward(cfg.task, tokenizer, reward_model, batch)
         self._pin_reference(inputs, model)
         self.reward.policy = model
         return {"reward_funcs": [self.reward]}

@@ -21,6 +21,12 @@ callback, the study's pruner, the learning curve, the shared generation
 metrics and every measurement work as for the other objectives. A budget
 step is one PPO step (one rollout batch); rollout tokens and reward-model
 forward passes are counted in the record.
+
+``budget.micro_batch_size`` bounds every forward pass over the rollout (its
+scoring and the updates): each minibatch's forward and backward passes run in
+chunks of at most that many completions, their gradients accumulated into the
+minibatch's one optimizer step. Sampling stays one batch of ``budget.batch_size``
+prompts, so the completions drawn do not depend on it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,6 +100,12 @@ def response_values(value_model, ids, attention, query_length: int) -> torch.Ten
     return out[:, -ids.shape[1] :][:, query_length - 1 : -1, 0].float()
 
 
+def in_chunks(score: Callable[[slice], torch.Tensor], rows: int, size: int) -> torch.Tensor:
+    """``score`` of rows in slices of at most ``size`` (the micro-batch), concatenated: no forward pass holds
+    more activations than a micro-batch's."""
+    return torch.cat([score(slice(start, start + size)) for start in range(0, rows, size)])
+
+
 def response_mask(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
     """1 up to and including the first end-of-sequence token of each response, 0 after it."""
     is_end = responses == eos_token_id
@@ -114,10 +127,14 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Generat
     def generation_model(self):
         return self.model.policy
 
+    def rollout_size(self) -> int:
+        """Prompts per PPO step: the budget's batch, which the Trainer's arguments hold as micro-batch × accumulation steps."""
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+
     def _prompt_batches(self):
         """Prompts in an order fixed by data_seed (the same for every method), reshuffled each epoch."""
         generator = torch.Generator().manual_seed(self.args.data_seed)
-        rows, size = self.train_dataset, self.args.per_device_train_batch_size
+        rows, size = self.train_dataset, self.rollout_size()
         if len(rows) < size:
             raise ValueError(f"budget.batch_size={size} is larger than the {len(rows)} training prompts")
         while True:
@@ -190,14 +207,7 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Generat
             responses = generated[:, q:]
             mask = response_mask(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
             attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
-            temperature = settings["temperature"]
-            old_logprobs = response_logprobs(policy, generated, attention, q, temperature)
-            if self.reference is None:  # PEFT: the reference is the model without its adapter
-                with policy.disable_adapter():
-                    ref_logprobs = response_logprobs(policy, generated, attention, q, temperature)
-            else:
-                ref_logprobs = response_logprobs(self.reference, generated, attention, q, temperature)
-            old_values = response_values(self.model.value, generated, attention, q)
+            old_logprobs, ref_logprobs, old_values = self._score_rollout(generated, attention, q)
             texts = tokenizer.batch_decode(
                 responses * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True
             )
@@ -214,10 +224,27 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Generat
             scores=scores,
         )
 
+    def _score_rollout(self, ids, attention, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The policy's and the reference's log-probabilities of the sampled tokens and the values, in micro-batches."""
+        policy, temperature = self.model.policy, self.ppo["temperature"]
+        rows, size = len(ids), self.args.per_device_train_batch_size
+
+        def logprobs_of(model) -> torch.Tensor:
+            return in_chunks(lambda i: response_logprobs(model, ids[i], attention[i], q, temperature), rows, size)
+
+        old_logprobs = logprobs_of(policy)
+        if self.reference is None:  # PEFT: the reference is the model without its adapter
+            with policy.disable_adapter():
+                ref_logprobs = logprobs_of(policy)
+        else:
+            ref_logprobs = logprobs_of(self.reference)
+        values = in_chunks(lambda i: response_values(self.model.value, ids[i], attention[i], q), rows, size)
+        return old_logprobs, ref_logprobs, values
+
     def _ppo_step(self, batch) -> dict[str, float]:
         s = self.ppo
         rollout = self._rollout(batch)
-        mask, q = rollout["mask"], rollout["q"]
+        mask = rollout["mask"]
         rewards_ = ppo_math.per_token_rewards(
             rollout["scores"], rollout["old_logprobs"], rollout["ref_logprobs"], mask, s["kl_coef"]
         )
@@ -231,28 +258,10 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Generat
         updates = 0
         for _ in range(int(s["ppo_epochs"])):
             for start in range(0, size, minibatch):
-                i = slice(start, start + minibatch)
-                ids, attention = rollout["ids"][i], rollout["attention"][i]
-                logprobs = response_logprobs(self.model.policy, ids, attention, q, s["temperature"])
-                values = response_values(self.model.value, ids, attention, q)
-                policy_loss, clip_fraction = ppo_math.clipped_policy_loss(
-                    logprobs, rollout["old_logprobs"][i], advantages[i], mask[i], s["clip_range"]
-                )
-                value_loss = ppo_math.clipped_value_loss(
-                    values, rollout["old_values"][i], returns[i], mask[i], s["clip_range_value"]
-                )
-                loss = policy_loss + s["vf_coef"] * value_loss
-                if not torch.isfinite(loss):
-                    raise budget_stage.NonFiniteLossError(f"PPO loss is {loss.item()} at step {self.state.global_step}")
-                self.accelerator.backward(loss)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-                self.optimizer.step()
-                self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
-                self.optimizer.zero_grad()
+                losses = self._update(rollout, advantages, returns, slice(start, min(start + minibatch, size)))
                 updates += 1
-                totals["policy_loss"] += policy_loss.item()
-                totals["value_loss"] += value_loss.item()
-                totals["clip_fraction"] += clip_fraction.item()
+                for key, value in losses.items():
+                    totals[key] += value
         self.lr_scheduler.step()
         generated = int(mask.sum().item())
         self.state.num_input_tokens_seen += int(rollout["attention"].sum().item())
@@ -269,6 +278,44 @@ class PPOTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlops, Generat
             "clip_fraction": totals["clip_fraction"] / updates,
             "response_length": generated / size,
         }
+
+    def _update(self, rollout: dict[str, Any], advantages, returns, rows: slice) -> dict[str, float]:
+        """One optimizer step on the minibatch ``rows``, its forward and backward passes in micro-batches.
+
+        The losses are token means over the whole minibatch: each micro-batch's
+        mean is weighted by its share of the minibatch's tokens, so the gradients
+        add up to the minibatch's, whatever ``budget.micro_batch_size`` is.
+        """
+        s, q = self.ppo, rollout["q"]
+        tokens = rollout["mask"][rows].sum().clamp(min=1)
+        totals = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction"), 0.0)
+        for start in range(rows.start, rows.stop, self.args.per_device_train_batch_size):
+            i = slice(start, min(start + self.args.per_device_train_batch_size, rows.stop))
+            ids, attention, mask = rollout["ids"][i], rollout["attention"][i], rollout["mask"][i]
+            share = mask.sum() / tokens
+            logprobs = response_logprobs(self.model.policy, ids, attention, q, s["temperature"])
+            values = response_values(self.model.value, ids, attention, q)
+            policy_loss, clip_fraction = ppo_math.clipped_policy_loss(
+                logprobs, rollout["old_logprobs"][i], advantages[i], mask, s["clip_range"]
+            )
+            value_loss = ppo_math.clipped_value_loss(
+                values, rollout["old_values"][i], returns[i], mask, s["clip_range_value"]
+            )
+            loss = share * (policy_loss + s["vf_coef"] * value_loss)
+            if not torch.isfinite(loss):
+                raise budget_stage.NonFiniteLossError(f"PPO loss is {loss.item()} at step {self.state.global_step}")
+            self.accelerator.backward(loss)
+            for key, value in (
+                ("policy_loss", policy_loss),
+                ("value_loss", value_loss),
+                ("clip_fraction", clip_fraction),
+            ):
+                totals[key] += (share * value).item()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
+        self.optimizer.zero_grad()
+        return totals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +344,13 @@ class PPOObjective(Objective):
         check_reward_settings(self.settings, cfg)
         if cfg.budget.batch_size % int(self.settings["num_minibatches"]):
             raise ConfigError("objective.num_minibatches", f"must divide budget.batch_size={cfg.budget.batch_size}")
+        minibatch = cfg.budget.batch_size // int(self.settings["num_minibatches"])
+        if cfg.budget.get("micro_batch_size") and minibatch % budget_stage.micro_batch_size(cfg.budget):
+            raise ConfigError(
+                "budget.micro_batch_size",
+                f"must divide PPO's minibatch, budget.batch_size / objective.num_minibatches = {minibatch} "
+                f"(got {cfg.budget.micro_batch_size})",
+            )
 
     def optimizer_steps_per_budget_step(self) -> int:
         return int(self.settings["ppo_epochs"]) * int(self.settings["num_minibatches"])
@@ -313,7 +367,7 @@ class PPOObjective(Objective):
         reward_model = None
         if s["reward"] == "model":
             reward_model, _ = load_reward_model(cfg, s["reward_run"])
-            reward_fn = model_reward(reward_model, tokenizer, cfg.budget.batch_size)
+            reward_fn = model_reward(reward_model, tokenizer, budget_stage.micro_batch_size(cfg.budget))
         else:
             reward_fn = verifiable_reward(cfg.task)
         quantization = models.quantization_of(cfg)
