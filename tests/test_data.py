@@ -16,7 +16,7 @@ from harness.models import load_tokenizer
 from tasks.generators import synthetic
 
 
-@pytest.mark.parametrize("generator", [synthetic.sentiment, synthetic.entailment])
+@pytest.mark.parametrize("generator", [synthetic.sentiment, synthetic.negation, synthetic.entailment])
 def test_embedded_tasks_are_deterministic_sized_balanced_and_disjoint(generator):
     first, second = generator(), generator()
     assert {s: len(first[s]) for s in first} == {"train": 4000, "validation": 500, "test": 500}
@@ -38,9 +38,13 @@ def test_label_noise_flips_the_requested_fraction():
     assert 0.17 < flipped / len(clean["train"]) < 0.23
 
 
-def test_no_single_word_gives_the_sentiment_label_away():
-    data = synthetic.sentiment(label_noise=0.0)["train"]
-    for word in ["great", "terrible", "not", "but", "although"]:
+@pytest.mark.parametrize(
+    ("generator", "words"),
+    [(synthetic.sentiment, ["great", "terrible", "not", "but", "although"]), (synthetic.negation, ["great", "not"])],
+)
+def test_no_single_word_gives_the_sentiment_label_away(generator, words):
+    data = generator(label_noise=0.0)["train"]
+    for word in words:
         labels = [
             label for text, label in zip(data["text"], data["label"], strict=True) if re.search(rf"\b{word}\b", text)
         ]

@@ -133,6 +133,12 @@ def _review(rng: random.Random) -> tuple[str, int]:
     return f"About {product}: " + "; ".join(text for text, _ in clauses) + ".", label
 
 
+def _negated_review(rng: random.Random) -> tuple[str, int]:
+    """A one-clause review: the adjective's polarity, reversed by a negation in two of five."""
+    text, label = _clause(rng)
+    return f"About {rng.choice(PRODUCTS)}: {text}.", label
+
+
 def _scene(rng: random.Random) -> tuple[str, str, int]:
     """Premise describing one to three objects, hypothesis about one; 1 if entailed.
 
@@ -217,6 +223,19 @@ def sentiment(
     """Binary review sentiment with negation and contrastive clauses (column ``text``)."""
     sizes = _split_sizes(n_train, n_validation, n_test)
     return _generate(_review, ["text"], ["negative", "positive"], sizes, label_noise, seed)
+
+
+def negation(
+    n_train: int = 4000,
+    n_validation: int = 500,
+    n_test: int = 500,
+    label_noise: float = 0.05,
+    seed: int = 2468,
+) -> DatasetDict:
+    """Binary one-clause review sentiment where a negation reverses the adjective (column ``text``): what
+    ``sentiment`` builds on, learnable within a hundred small steps, for the demo."""
+    sizes = _split_sizes(n_train, n_validation, n_test)
+    return _generate(_negated_review, ["text"], ["negative", "positive"], sizes, label_noise, seed)
 
 
 def entailment(
