@@ -195,7 +195,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument(
-        "overrides", nargs="*", default=["task=toy_sentiment", "model=minilm", "budget=demo"], help="config overrides"
+        "overrides",
+        nargs="*",
+        default=["task=toy_negation", "model=minilm", "budget=demo", "train.optimizer=adamw_torch_fused"],
+        help="config overrides (default: the demo's cells)",
     )
     args = parser.parse_args()
     for method in args.methods:

@@ -87,7 +87,8 @@ def test_a_run_keeps_its_evaluation_memory_out_of_its_training_peak(make_cfg, mo
 
 
 def test_evaluation_time_is_not_charged_to_training(make_cfg, monkeypatch):
-    """Three evaluations during training (steps 0, 1, 2) and two after it, each made a second slower."""
+    """Three evaluations during training (steps 0, 1, 2) and one after it (the test split; the step-2 validation
+    pass is the final one), each made a second slower."""
     from harness.objectives import cls
 
     original = cls.compute_metrics_for
@@ -104,7 +105,7 @@ def test_evaluation_time_is_not_charged_to_training(make_cfg, monkeypatch):
     monkeypatch.setattr(cls, "compute_metrics_for", slow)
     record = run_one(make_cfg(*TINY, "method=lora"))
     assert record["compute"]["eval_seconds_during_training"] >= 3 * 1.0
-    assert record["time"]["final_eval_seconds"] >= 2 * 1.0
+    assert record["time"]["final_eval_seconds"] >= 1.0
     assert record["time"]["train_seconds"] < 1.0  # two tiny steps; any evaluation would add a second
 
 

@@ -54,24 +54,27 @@ def test_precision_auto_settles_to_what_the_device_trains_in(make_cfg, monkeypat
     assert settled_identity(cfg, torch.device("cuda", 0), splits)["precision"] == "fp16"
 
 
-def test_changed_data_under_the_same_config_is_a_new_run_not_a_skip(make_cfg, monkeypatch):
-    from harness import data
+def test_changed_data_under_the_same_config_is_a_new_run_not_a_skip(make_cfg, tmp_path):
+    """A data file edited under the same config: its content hash (read through the data cache, keyed by the
+    file's bytes) changes the run's identity, so the edited data is trained on, not skipped as done."""
+    import json
 
-    cfg = make_cfg(*TINY)
+    def write(flip_first: bool) -> None:
+        for split, n in (("train", 24), ("validation", 8), ("test", 8)):
+            rows = [{"text": f"review {i} of {split}", "label": i % 2} for i in range(n)]
+            if flip_first and split == "train":
+                rows[0]["label"] = 1 - rows[0]["label"]
+            (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    files = "{" + ",".join(f"{s}:{tmp_path / s}.jsonl" for s in ("train", "validation", "test")) + "}"
+    cfg = make_cfg(*TINY, "task.generator=null", f"task.data_files={files}")
+    write(flip_first=False)
     first = run_one(cfg)
     assert run_one(cfg)["finished_at"] == first["finished_at"]  # same data: skipped
-    original = data.load_task
-
-    def edited(task):
-        splits = original(task)
-        splits["train"] = splits["train"].map(
-            lambda row, i: {"label": 1 - row["label"]} if i == 0 else {}, with_indices=True
-        )
-        return splits
-
-    monkeypatch.setattr(data, "load_task", edited)
+    write(flip_first=True)
     second = run_one(cfg)
     assert second["run_id"] != first["run_id"] and second["data_sha256"]["train"] != first["data_sha256"]["train"]
+    assert second["data_sha256"]["test"] == first["data_sha256"]["test"]
     assert second["identity"]["data_sha256"] != first["identity"]["data_sha256"]
     assert second["identity"]["device_type"] == "cpu" and second["identity"]["precision"] == "fp32"
 
