@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import platform
@@ -154,11 +155,17 @@ def release_freed_memory(device: torch.device | None = None) -> None:
 
 def trim_heap() -> None:
     """``malloc_trim(0)``: free heap pages go back to the kernel, so resident memory is memory in use."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name and platform.system() == "Linux":
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``: milliseconds per call)."""
+    libc_name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    return getattr(libc, "malloc_trim", None)
 
 
 class PeakProbe(ABC):
@@ -339,7 +346,10 @@ class MemoryMeter:
             if isinstance(self.probe, CudaAllocatorProbe):
                 reserved = self.probe.reserved_peak()
                 self.reserved_peak_bytes[self.phase] = max(self.reserved_peak_bytes[self.phase] or 0, reserved)
-        if phase is not None and self.device.type == "cpu":
+        if phase == "train" and self.device.type == "cpu":
+            # Evaluation's freed pages would otherwise count as training's peak. Entering an evaluation is not
+            # trimmed: the pages training freed are those it takes back at its next step, and returning them to
+            # the kernel only to fault them in again would slow training (its peak is unaffected either way).
             trim_heap()
         self.probe.reset()
         self.phase = phase

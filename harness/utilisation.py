@@ -11,11 +11,12 @@ checkpointing count because they run.
 
 Counting costs about a quarter of a step, so only the first training step
 (micro-batch) is counted; every later one is scaled from it by its padded
-tokens (the positions the matrices multiply), or by steps where a step takes
-raw prompts and generates (online RL), whose work a token count before
-generation does not predict. Attention's quadratic share is scaled linearly
-too: at the lengths these budgets use (MiniLM at 40 tokens) it is under 2% of
-a step.
+tokens (the positions the matrices multiply). Attention's quadratic share is
+scaled linearly too: at the lengths these budgets use (MiniLM at 40 tokens) it
+is under 2% of a step; so is the per-row work (the head, the virtual tokens
+prompt and prefix tuning add to every row), which makes the scaled total
+approximate where rows' lengths vary much. Online RL records no FLOPs
+(``UNCOUNTED_ROLLOUTS``).
 
 ``mfu`` = ``train_flops / train_seconds / peak_flops_per_second``. The peak
 is measured on CPU (the best of a few large matrix products in the run's
@@ -26,6 +27,7 @@ guess.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,10 +38,12 @@ import torch
 TOKEN_KEY_SUFFIX = "input_ids"
 # Dense tensor-core peaks (FLOP/s, no structured sparsity) from the vendors' data sheets, by name fragment
 # of torch.cuda.get_device_name and by precision; fp32 is the non-tensor-core FP32 rate (TF32 is off by
-# default in torch for matmuls). Longer fragments are matched first (H100 PCIe before H100).
+# default in torch for matmuls). Fragments match whole words, longer ones first (H100 PCIe before H100; L4 is
+# not L40S).
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
     "H100 PCIe": {"bf16": 756.0e12, "fp16": 756.0e12, "fp32": 51.2e12},
+    "H100 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
     "H100": {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
     "A100": {"bf16": 312.0e12, "fp16": 312.0e12, "fp32": 19.5e12},
     "L40S": {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12},
@@ -51,6 +55,11 @@ GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
 # The CPU peak: the best of REPEATS products of two SIZE x SIZE matrices, after one warm-up.
 CPU_PEAK_SIZE = 2048
 CPU_PEAK_REPEATS = 3
+# Why online RL (PPO's loop, TRL's GRPO and RLOO) records no FLOPs: a step generates, and how much depends on the
+# completions' lengths, which change as the policy trains (the first step's are the untrained model's), and TRL
+# hands one generation to several accumulation steps; scaling one counted step would misstate the total, and
+# counting every step would slow the steps the record times by about a quarter.
+UNCOUNTED_ROLLOUTS = "online RL: generation inside training steps varies with the policy; not extrapolated"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _measured_cpu_peaks: dict[str, float] = {}
 
@@ -63,11 +72,15 @@ class FlopTally:
         self.counted_steps = 0
         self.scaled_steps = 0
         self.scaled_by: str | None = None
+        self.not_counted: str | None = None
         self._per_unit: float | None = None
 
     def step(self, run: Callable[[], Any], inputs: Any) -> Any:
         """Run one training step (``run``), adding its FLOPs."""
         units, unit = step_size(inputs)
+        if unit is None:
+            self.not_counted = UNCOUNTED_ROLLOUTS
+            return run()
         if self._per_unit is None:
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -78,21 +91,25 @@ class FlopTally:
             self.counted_steps += 1
             self._per_unit, self.scaled_by = counted / units, unit
             return result
+        result = run()  # a step that raises is not charged
         self.flops += self._per_unit * units
         self.scaled_steps += 1
-        return run()
+        return result
 
     def as_record(self) -> dict[str, Any]:
+        counted = self.counted_steps and self.not_counted is None
         return {
-            "train_flops": self.flops if self.counted_steps else None,
+            "train_flops": self.flops if counted else None,
             "flops_counted_steps": self.counted_steps,
             "flops_scaled_steps": self.scaled_steps,
             "flops_scaled_by": self.scaled_by,
+            "flops_not_counted": self.not_counted,
         }
 
 
-def step_size(inputs: Any) -> tuple[float, str]:
-    """What a step's work is proportional to: its padded token positions, or one step for raw prompts."""
+def step_size(inputs: Any) -> tuple[float, str | None]:
+    """What a step's work is proportional to: its padded token positions (micro-batch passes of the
+    Trainer's objectives), or None for a step that generates from raw prompts (see ``UNCOUNTED_ROLLOUTS``)."""
     if isinstance(inputs, Mapping):  # a Trainer's batch is a BatchEncoding, a Mapping but not a dict
         positions = sum(
             value.numel()
@@ -101,7 +118,7 @@ def step_size(inputs: Any) -> tuple[float, str]:
         )
         if positions:
             return float(positions), "padded_tokens"
-    return 1.0, "steps"
+    return 1.0, None
 
 
 class TrainingFlops:
@@ -121,7 +138,7 @@ def peak_flops_per_second(device: torch.device, precision: str) -> tuple[float |
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for fragment in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):
-            if fragment in name:
+            if re.search(rf"(?<!\w){re.escape(fragment)}(?!\w)", name):
                 peak = GPU_PEAK_FLOPS[fragment].get(precision)
                 if peak:
                     return peak, f"specification: {name} {precision} dense"

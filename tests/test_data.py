@@ -247,6 +247,9 @@ def test_loaded_splits_are_cached_by_file_bytes_spec_and_generator(tmp_path, mon
     second, second_sha = load.load_fingerprinted(task)
     assert calls == ["sst2"] and second_sha == first_sha == load.fingerprint(first)
     assert second["train"]["text"] == first["train"]["text"]
+    entry = next((tmp_path / "cache" / "loaded").iterdir())
+    (entry / "extra.json").unlink()  # a lost fingerprint is recomputed from the cached splits and written back
+    assert load.load_fingerprinted(task)[1] == first_sha and (entry / "extra.json").is_file() and calls == ["sst2"]
     task.validation_size = 12  # another carve: another entry
     assert len(load.load_fingerprinted(task)[0]["validation"]) == 12 and len(calls) == 2
     _write_glue_like(tmp_path / "sst", rows[:40], ["sentence", "label"], "train.tsv")  # the file edited
@@ -259,3 +262,4 @@ def test_loaded_splits_are_cached_by_file_bytes_spec_and_generator(tmp_path, mon
     load.load_fingerprinted(toy)
     assert calls.count("toy_sentiment") == 2
     assert load._source_key(load.TaskSpec.from_config(make_cfg("task=sst2", "data_root=null").task)) is None
+    assert load._generator_code("no_such_package.module.function") is None  # not cached; loading says why

@@ -413,3 +413,9 @@ def test_classification_scores_are_the_same_whatever_order_the_rows_are_evaluate
     as_given, longest_first = trainer.evaluate(rows), trainer.evaluate(ordered)
     assert as_given["eval_accuracy"] == longest_first["eval_accuracy"]
     assert as_given["eval_loss"] == pytest.approx(longest_first["eval_loss"], abs=1e-6)
+    # row by row: each row's logits are its own whatever batch it lands in (labels follow their rows)
+    position = {tuple(ids): i for i, ids in enumerate(rows["input_ids"])}
+    back = [position[tuple(ids)] for ids in ordered["input_ids"]]
+    given, sorted_logits = trainer.predict(rows).predictions, trainer.predict(ordered).predictions
+    assert sorted_logits == pytest.approx(given[back], abs=1e-5)
+    assert [rows["label"][i] for i in back] == ordered["label"]

@@ -58,6 +58,7 @@ def test_the_first_step_is_counted_exactly_and_later_ones_scale_with_their_padde
         "flops_counted_steps": 1,
         "flops_scaled_steps": 1,
         "flops_scaled_by": "padded_tokens",
+        "flops_not_counted": None,
     }
 
 
@@ -72,18 +73,43 @@ def test_a_frozen_base_computes_no_weight_gradients_so_lora_counts_about_two_for
     assert 1.7 <= lora_ratio <= 2.2, lora_ratio
 
 
-def test_a_step_on_raw_prompts_is_scaled_by_steps():
-    assert utilisation.step_size([{"prompt": "a"}, {"prompt": "b"}]) == (1.0, "steps")
-    assert utilisation.step_size({"prompt_input_ids": torch.zeros(2, 5), "chosen_input_ids": torch.zeros(2, 7)}) == (
-        24.0,
-        "padded_tokens",
-    )
+def test_online_rl_steps_are_not_extrapolated_and_their_records_say_why():
+    """A step that generates from raw prompts (TRL's online trainers, PPO's loop) has no size to scale by."""
+    tally, ran = utilisation.FlopTally(), []
+    for _ in range(2):
+        tally.step(lambda: ran.append(1), [{"prompt": "a"}, {"prompt": "b"}])
+    record = tally.as_record()
+    assert ran == [1, 1] and record["train_flops"] is None and record["flops_counted_steps"] == 0
+    assert record["flops_not_counted"] == utilisation.UNCOUNTED_ROLLOUTS
+    assert utilisation.utilisation(None, 10.0, torch.device("cpu"), "fp32")["mfu"] is None
+    stacked = {"input_ids": torch.zeros(4, 7, dtype=torch.long), "labels": torch.zeros(4, 7)}
+    assert utilisation.step_size(stacked) == (28.0, "padded_tokens")  # DPO: chosen and rejected rows stacked
+
+
+def test_a_failing_step_is_not_charged():
+    model, tally = _tiny_bert(), utilisation.FlopTally()
+    batch = _batch(2, 8)
+    tally.step(_train_step(model, batch), batch)
+    counted = tally.flops
+
+    def fails():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        tally.step(fails, batch)
+    assert tally.flops == counted and tally.scaled_steps == 0
 
 
 def test_a_gpu_peak_comes_from_its_specification_and_an_unknown_one_gives_no_mfu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
-    peak, source = utilisation.peak_flops_per_second(torch.device("cuda"), "bf16")
-    assert peak == 756.0e12 and "H100 PCIe bf16 dense" in source  # the longer name wins over "H100"
+    for name, expected in [
+        ("NVIDIA H100 PCIe", 756.0e12),  # the longer name wins over "H100"
+        ("NVIDIA H100 80GB HBM3", 989.4e12),
+        ("NVIDIA A100-SXM4-80GB", 312.0e12),
+        ("NVIDIA L40S", 362.05e12),  # not "L4"
+    ]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        peak, source = utilisation.peak_flops_per_second(torch.device("cuda"), "bf16")
+        assert peak == expected and f"{name} bf16 dense" in source, name
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert utilisation.utilisation(1e15, 10.0, torch.device("cuda"), "bf16")["mfu"] is None
 

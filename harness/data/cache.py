@@ -73,6 +73,16 @@ def store(splits: DatasetDict, folder: Path | None, extra: dict[str, Any] | None
         pass
 
 
+def write_extra(folder: Path, extra: dict[str, Any]) -> None:
+    """Replace an entry's ``extra.json`` whole (written beside it, then renamed over it)."""
+    try:
+        staging = folder / f"extra.json.{os.getpid()}"
+        staging.write_text(json.dumps(extra, sort_keys=True))
+        staging.replace(folder / "extra.json")
+    except OSError:
+        pass
+
+
 def read_extra(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads((folder / "extra.json").read_text())

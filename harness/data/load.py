@@ -56,8 +56,12 @@ def load_fingerprinted(task: DictConfig | TaskSpec) -> tuple[DatasetDict, dict[s
     spec = task if isinstance(task, TaskSpec) else TaskSpec.from_config(task)
     source = _source_key(spec)
     folder = cache.entry_folder("loaded", {**source, **_loader_key(spec)}) if source is not None else None
-    splits, stored = cache.read(folder), cache.read_extra(folder) if folder is not None else None
-    if splits is not None and stored is not None:
+    splits = cache.read(folder)
+    if splits is not None:
+        stored = cache.read_extra(folder) or {}
+        if "data_sha256" not in stored:  # an entry whose fingerprint was lost: repaired, not reloaded every run
+            stored = {"data_sha256": fingerprint(splits)}
+            cache.write_extra(folder, stored)
         return splits, stored["data_sha256"]
     splits = load_task(spec)
     digests = fingerprint(splits)
@@ -80,9 +84,24 @@ def _source_key(spec: TaskSpec) -> dict[str, Any] | None:
         return None
     if spec.generator:
         generator = OmegaConf.to_container(spec.generator, resolve=True)
-        module = str(generator.get("_target_", "")).rpartition(".")[0]
-        origin = importlib.util.find_spec(module).origin if module else None
-        return {"generator": generator, "code": cache.file_digest(Path(origin))} if origin else None
+        code = _generator_code(str(generator.get("_target_", "")))
+        return {"generator": generator, "code": code} if code else None
+    return None
+
+
+def _generator_code(target: str) -> dict[str, str] | None:
+    """The source of every module in the generator's package folder (a generator may import its neighbours);
+    None when it cannot be found (then nothing is cached, and loading reports what is wrong)."""
+    module = target
+    while module:
+        module = module.rpartition(".")[0]
+        try:
+            found = importlib.util.find_spec(module) if module else None
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.origin and Path(found.origin).is_file():
+            folder = Path(found.origin).parent
+            return {path.name: cache.file_digest(path) for path in sorted(folder.glob("*.py"))}
     return None
 
 
