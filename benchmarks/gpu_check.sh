@@ -7,7 +7,8 @@
 #
 #   benchmarks/gpu_check.sh [results_dir]          on a CUDA machine (fails fast without one)
 #   benchmarks/gpu_check.sh --cpu [results_dir]    the same flow on CPU: fp32, 4-bit skipped (its CUDA kernels
-#                                                  are what a GPU check is for), SmolLM2 runs capped at STEPS_CPU steps
+#                                                  are what a GPU check is for), MiniLM runs capped at 5 x STEPS_CPU
+#                                                  steps and SmolLM2 runs at STEPS_CPU (default 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cpu=false
@@ -17,15 +18,16 @@ bin=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if $cpu; then
   precision=fp32; methods=(full lora dora); lm_steps=(budget.max_steps="${STEPS_CPU:-4}" budget.eval_steps="${STEPS_CPU:-4}")
+  cls_steps=(budget.max_steps=$((5 * ${STEPS_CPU:-4})) budget.eval_steps=$((5 * ${STEPS_CPU:-4})))
   export CUDA_VISIBLE_DEVICES=""
 else
   "$bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --cpu')"
   "$bin/python" -c "import torch; print(torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
-  precision=bf16; methods=(full lora qlora dora); lm_steps=()
+  precision=bf16; methods=(full lora qlora dora); lm_steps=(); cls_steps=()
 fi
 run() { "$bin/harness-run" seed=0 results_dir="$out" force=true "$@" || echo "failed: $* (recorded in $out/runs)"; }
 for method in "${methods[@]}"; do
-  run model=minilm task=toy_sentiment budget=tiny method="$method" train.precision="$precision"
+  run model=minilm task=toy_sentiment budget=tiny method="$method" train.precision="$precision" "${cls_steps[@]}"
 done
 run model=smollm2_135m method=lora task=arithmetic_1step objective=sft budget=tiny budget.max_eval_samples=32 \
   train.precision="$precision" "${lm_steps[@]}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import DictConfig
@@ -61,7 +62,7 @@ class BudgetCallback(TrainerCallback):
         self.max_time_s = budget.get("max_time_s")
         self.stop_reason = "max_steps"
         self.train_seconds = 0.0
-        self.eval_seconds = 0.0  # periodic evaluation inside train(): not charged to the budget
+        self.eval_seconds = 0.0  # periodic evaluation windows inside train() (see paused): not charged
         self.learning_curve: list[dict[str, Any]] = []
         self._start = 0.0
         self._training = False
@@ -78,12 +79,22 @@ class BudgetCallback(TrainerCallback):
             self.stop_reason, control.should_training_stop = "max_time_s", True
         return control
 
+    @contextmanager
+    def paused(self):
+        """Stop the training clock for a block (an evaluation window, its memory-meter transitions included):
+        everything an evaluation costs, not only the Trainer's ``eval_runtime``, stays out of training time."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._training:
+                self.eval_seconds += time.perf_counter() - started
+
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
         logs = logs or {}
         if not self._training:
             self._end_curve_at_final_evaluation(state, logs)
             return
-        self.eval_seconds += logs.get("eval_runtime", 0.0)
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} at step {state.global_step}")

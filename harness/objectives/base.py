@@ -16,7 +16,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,13 +204,18 @@ class EvaluationWindows:
 
     @contextmanager
     def evaluation_window(self):
-        """The meter's evaluation phase, scored on the task's loss alone (no AdaLoRA penalty)."""
-        with methods.task_loss_only(self.model):
+        """The meter's evaluation phase, scored on the task's loss alone (no AdaLoRA penalty), with the
+        budget's training clock paused for all of it."""
+        with self._training_clock_paused(), methods.task_loss_only(self.model):
             if self.memory_meter is None:
                 yield
                 return
             with self.memory_meter.phase_of("eval"):
                 yield
+
+    def _training_clock_paused(self):
+        budgets = [c for c in self.callback_handler.callbacks if isinstance(c, budget_stage.BudgetCallback)]
+        return budgets[0].paused() if budgets else nullcontext()
 
     def evaluate(self, *args, **kwargs):
         with self.evaluation_window():
