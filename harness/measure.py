@@ -429,14 +429,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """What a reader needs to reproduce or explain a figure."""
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """Each package's installed release, None where it is absent."""
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    return versions
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a reader needs to reproduce or explain a figure."""
+    versions = package_versions(*PACKAGES)
     revision = _git("rev-parse", "HEAD")
     # A new, uncommitted config counts; run outputs (results/, committed examples included) do not.
     status = _git("status", "--porcelain", "--untracked-files=normal", "--", ".", ":(exclude)results")

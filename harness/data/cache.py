@@ -17,7 +17,6 @@ cache, never the run.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -88,17 +87,6 @@ def read_extra(folder: Path) -> dict[str, Any] | None:
         return json.loads((folder / "extra.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def library_versions(*packages: str) -> dict[str, str | None]:
-    """The releases whose code shapes an entry: another release may read or split text differently."""
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def file_digest(path: Path) -> str:
