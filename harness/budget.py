@@ -139,3 +139,37 @@ def _is_eval_metric(key: str) -> bool:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class TrialReporter(TrainerCallback):
+    """Reports each validation evaluation during training to the Optuna trial and stops a pruned one.
+
+    Step 0 (the untrained model, identical for every trial) is not reported.
+    Evaluations after training (the record's final metrics) are not either.
+    """
+
+    def __init__(self, trial, metric: str):
+        self.trial = trial
+        self.metric_key = f"eval_{metric}"
+        self.pruned_at_step: int | None = None
+        self._training = False
+
+    @property
+    def pruned(self) -> bool:
+        return self.pruned_at_step is not None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._training = True
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._training = False
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw):
+        value = (metrics or {}).get(self.metric_key)
+        if not self._training or state.global_step == 0 or value is None or not math.isfinite(value):
+            return control
+        self.trial.report(float(value), state.global_step)
+        if self.trial.should_prune():
+            self.pruned_at_step = state.global_step
+            control.should_training_stop = True
+        return control

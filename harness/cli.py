@@ -7,6 +7,7 @@ while in a multirun the sweep goes on to the next job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -59,6 +60,10 @@ def _apply_memory_limit(limit_gb: float | None) -> None:
         return
     import resource
 
+    from harness.preflight import check_memory_limit
+
+    check_memory_limit(limit_gb)
+
     soft = int(limit_gb * 2**30)
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
@@ -105,21 +110,24 @@ def run_one(cfg: DictConfig) -> dict | None:
         raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     _quiet_libraries()
-    _apply_memory_limit(cfg.get("memory_limit_gb"))
     from harness.run import RunFailed, execute, prepare
 
     prepared = prepare(cfg)
+    _apply_memory_limit(cfg.get("memory_limit_gb"))  # libraries and data loaded: what is left is the run's
     rid, path = prepared.run_id, prepared.record_path
     if not cfg.force and records.is_done(cfg.results_dir, rid):
         log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
         return records.read_record(path)
-    callbacks = []
+    callbacks, beating = [], contextlib.nullcontext()
     if cfg.role == "trial":
-        from harness.study import trial_reporter
+        from harness.study import heartbeats, trial_reporter
 
-        callbacks.append(trial_reporter(cfg))
+        reporter = trial_reporter(cfg)
+        callbacks.append(reporter)
+        beating = heartbeats(reporter.trial.storage, [int(cfg.tuning.trial_id)])  # its sweeper may die first
     try:
-        record = execute(prepared, callbacks)
+        with beating:
+            record = execute(prepared, callbacks)
     except RunFailed as error:
         log.error("run %s failed: %s (recorded in %s)", rid, error, path)
         if not _in_multirun():
@@ -155,8 +163,17 @@ def run_config(cfg: DictConfig) -> dict | None:
 
 
 def main() -> None:
-    """``harness-run``: Hydra's command line (sys.argv), after the check for renamed groups."""
+    """``harness-run``: Hydra's command line (sys.argv), after the checks that need no model
+    (:mod:`harness.preflight`): a bad input is one line and exit status 2, and nothing is written."""
+    from harness.config import ConfigError
+    from harness.preflight import check_command_line
+
     refuse_renamed_groups(sys.argv[1:])
+    try:
+        check_command_line(sys.argv[1:], CONFIG_DIR)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     run_config()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -99,24 +100,30 @@ def method_kwargs(method: DictConfig) -> dict[str, Any]:
 
 
 def validate_method(method: DictConfig) -> None:
-    """Check harness keys and hyperparameter ranges, then build the config object.
+    """Check harness keys and hyperparameter ranges, then the keys against the method's config class."""
+    check_method_values(method)
+    check_method_fields(method)
 
-    Building it (a PEFT config is a dataclass) catches misspelt fields with
-    the list of real ones, without touching a model.
-    """
+
+def check_method_values(method: DictConfig) -> None:
+    """Harness keys and hyperparameter ranges: no import, so a bad rank is answered before torch loads."""
     if not _is_positive(method.get("lr")):
         raise ConfigError("method.lr", f"must be a positive number (got {method.get('lr')!r})")
     _require_choice("method.quantization", method.get("quantization"), QUANTIZATIONS)
-    kwargs = method_kwargs(method)
-    for key, value in kwargs.items():
+    for key, value in method_kwargs(method).items():
         if key in POSITIVE_INT_KEYS and value is not None and not _is_positive(value, integer=True):
             raise ConfigError(f"method.{key}", f"must be a positive integer (got {value!r})")
         if key in PROBABILITY_KEYS and not (isinstance(value, int | float) and 0 <= value < 1):
             raise ConfigError(f"method.{key}", f"must be in [0, 1) (got {value!r})")
+
+
+def check_method_fields(method: DictConfig) -> None:
+    """Build nothing, but import the ``_target_`` class (a PEFT config is a dataclass) and refuse misspelt
+    fields with the list of real ones, without touching a model. Importing PEFT takes seconds, hence last."""
     cls = _import_target("method._target_", method.get("_target_"))
     fields = getattr(cls, "__dataclass_fields__", None)
     if fields is not None:
-        unknown = sorted(set(kwargs) - set(fields))
+        unknown = sorted(set(method_kwargs(method)) - set(fields))
         if unknown:
             allowed = ", ".join(sorted(f for f in fields if not f.startswith("_")))
             raise ConfigError(f"method.{unknown[0]}", f"is not a field of {cls.__name__}; allowed: {allowed}")
@@ -152,8 +159,48 @@ def validate_model(model: DictConfig, method: DictConfig) -> None:
             "model.quantization",
             f"a {quantized} base cannot be trained by method {method.name!r}; use a PEFT method (lora, qlora, ia3, ...)",
         )
-    if not model.get("pretrained"):
+    if not model.get("pretrained") or not isinstance(model.get("pretrained"), str):
         raise ConfigError("model.pretrained", "must name a Hub id, a local folder, or embedded://<package>/<dir>")
+    check_model_folder(model)
+
+
+# Files one of which a folder needs for AutoTokenizer to build a tokenizer (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+)
+
+
+def check_model_folder(model: DictConfig) -> None:
+    """A local model folder exists and holds a config and a tokenizer (a GGUF file holds both).
+
+    A Hub id is left to the loader: whether it resolves depends on the network and the cache.
+    """
+    from harness.paths import is_local_path, resolve_pretrained
+
+    pretrained = str(model.pretrained)
+    folder = resolve_pretrained(pretrained)
+    if not is_local_path(pretrained) and folder == pretrained:
+        return
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(
+            "model.pretrained", f"{path} is not a folder (a model folder holds config.json and a tokenizer)"
+        )
+    if model.get("gguf_file"):
+        return  # the GGUF file carries config and tokenizer; harness.models checks it is there
+    names = {p.name for p in path.iterdir()}
+    if "config.json" not in names:
+        raise ConfigError("model.pretrained", f"{path} has no config.json; is it a Hugging Face model folder?")
+    if not names & set(TOKENIZER_FILES):
+        raise ConfigError(
+            "model.pretrained",
+            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one beside the model",
+        )
 
 
 def validate_task(task: DictConfig) -> None:
@@ -199,23 +246,36 @@ def primary_metric(cfg: DictConfig) -> dict[str, Any]:
 
 
 def validate_train(train: DictConfig) -> None:
+    _require_choice("train.precision", train.get("precision"), PRECISIONS)
+    warmup = train.get("warmup_ratio", 0)
+    if not _is_number(warmup) or not 0 <= warmup < 1:
+        raise ConfigError("train.warmup_ratio", f"must be in [0, 1) (got {warmup!r})")
+    for key in ("weight_decay", "max_grad_norm"):
+        value = train.get(key)
+        if value is not None and (not _is_number(value) or value < 0):
+            raise ConfigError(f"train.{key}", f"must be a number >= 0 (got {value!r})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_optimizer(train: DictConfig) -> None:
+    """The optimizer is one the Trainer knows (importing its list costs seconds, hence apart)."""
     from transformers.training_args import OptimizerNames
 
-    _require_choice("train.precision", train.get("precision"), PRECISIONS)
     _require_choice("train.optimizer", train.get("optimizer"), [o.value for o in OptimizerNames])
-    if not 0 <= train.get("warmup_ratio", 0) < 1:
-        raise ConfigError("train.warmup_ratio", f"must be in [0, 1) (got {train.get('warmup_ratio')!r})")
 
 
 def validate(cfg: DictConfig) -> None:
     """Run every static check; raises ConfigError on the first problem."""
-    validate_budget(cfg.budget)
-    validate_method(cfg.method)
-    validate_schedule(cfg.method, cfg.budget)
-    validate_model(cfg.model, cfg.method)
-    validate_task(cfg.task)
-    validate_objective(cfg.get("objective"), cfg.task)
-    validate_train(cfg.train)
+    validate_values(cfg)
+    validate_with_libraries(cfg)
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """The checks that import nothing heavy (no torch, transformers or PEFT): the command line runs them before
+    Hydra writes anything, so most bad input is answered within a second or two (harness.preflight)."""
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         raise ConfigError("seed", f"must be an integer (got {cfg.get('seed')!r})")
     _require_choice("role", cfg.get("role", "run"), ROLES)
@@ -226,6 +286,22 @@ def validate(cfg: DictConfig) -> None:
     limit = cfg.get("memory_limit_gb")
     if limit is not None and not _is_positive(limit):
         raise ConfigError("memory_limit_gb", f"must be a positive number of GB or null (got {limit!r})")
+    for key in ("force", "keep_artifacts"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(key, f"must be true or false (got {cfg.get(key)!r})")
+    validate_budget(cfg.budget)
+    check_method_values(cfg.method)
+    validate_model(cfg.model, cfg.method)
+    validate_task(cfg.task)
+    validate_objective(cfg.get("objective"), cfg.task)
+    validate_train(cfg.train)
+
+
+def validate_with_libraries(cfg: DictConfig) -> None:
+    """The checks that import the method's config class (PEFT) and the Trainer's option lists."""
+    check_method_fields(cfg.method)
+    validate_schedule(cfg.method, cfg.budget)
+    check_optimizer(cfg.train)
 
 
 def check_target_modules(module_names: list[str], target: Any, key: str) -> None:

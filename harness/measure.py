@@ -19,7 +19,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from harness.compat import is_4bit_parameter
+from harness.versions import package_versions
 
 PACKAGES = (
     "torch",
@@ -427,17 +427,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def package_versions(*packages: str) -> dict[str, str | None]:
-    """Each package's installed release, None where it is absent."""
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def environment(device: torch.device) -> dict[str, Any]:

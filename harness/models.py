@@ -9,7 +9,6 @@ random initialisation from the same config for fast tests.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -20,24 +19,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
+from harness.paths import resolve_pretrained
 
-EMBEDDED_SCHEME = "embedded://"
 CACHE_ENV = "FT_HARNESS_CACHE"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_pretrained(pretrained: str) -> str:
-    """A path or Hub id that ``from_pretrained`` understands."""
-    if not pretrained.startswith(EMBEDDED_SCHEME):
-        return str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
-    package, _, subdir = pretrained[len(EMBEDDED_SCHEME) :].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model.pretrained", f"package {package!r} is not installed (run `make setup`)")
-    folder = Path(next(iter(spec.submodule_search_locations))) / subdir
-    if not folder.is_dir():
-        raise ConfigError("model.pretrained", f"{folder} does not exist in package {package!r}")
-    return str(folder)
 
 
 def cache_dir() -> Path:

@@ -15,6 +15,7 @@ for the results.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import cache
 from importlib import resources
@@ -55,3 +56,29 @@ def project_path(path: str | os.PathLike) -> Path:
     """A user path: absolute as given, relative to :func:`project_root` otherwise."""
     expanded = Path(path).expanduser()
     return expanded if expanded.is_absolute() else project_root() / expanded
+
+
+EMBEDDED_SCHEME = "embedded://"
+
+
+def is_local_path(pretrained: str) -> bool:
+    """Whether ``model.pretrained`` names a folder rather than a Hub id: it exists, or it is written as a path
+    (absolute, ``./``, ``../``, ``~``). ``org/name`` that does not exist here is a Hub id."""
+    return pretrained.startswith(("/", "./", "../", "~", ".\\")) or Path(pretrained).expanduser().exists()
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    """A path or Hub id that ``from_pretrained`` understands; ``embedded://<package>/<dir>`` is the folder
+    inside the installed package (found through importlib, wherever the package is installed)."""
+    from harness.config import ConfigError
+
+    if not pretrained.startswith(EMBEDDED_SCHEME):
+        return str(Path(pretrained).expanduser()) if is_local_path(pretrained) else pretrained
+    package, _, subdir = pretrained[len(EMBEDDED_SCHEME) :].partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model.pretrained", f"package {package!r} is not installed (run `make setup`)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / subdir
+    if not folder.is_dir():
+        raise ConfigError("model.pretrained", f"{folder} does not exist in package {package!r}")
+    return str(folder)

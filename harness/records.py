@@ -43,6 +43,7 @@ NON_IDENTITY_KEYS = (
     "tuning.storage",
     "tuning.trial_id",
     "tuning.pruner",
+    "tuning.heartbeat_interval",
     # How the batch is cut into passes, or when the DPO reference is scored: memory and time change, not what
     # is computed (the same examples per optimizer step, the same loss), so a run that ran out of memory is
     # finished under its own run_id with a smaller micro-batch. The record's ``memory`` and ``training``

@@ -15,42 +15,15 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from harness import records
 from harness.config import ConfigError, primary_metric
-
-JOURNAL_PREFIX = "journal:"
-STORAGE_FORMS = "an RDB URL (sqlite:///path.db, postgresql://...) or journal:<path> for a journal file"
-
-
-def default_storage(results_dir: str | Path) -> str:
-    return f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
-
-
-def open_storage(url: str):
-    """Optuna storage for a URL; sqlite waits for locks instead of failing when workers write at once."""
-    import optuna
-
-    if not isinstance(url, str) or not url:
-        raise ConfigError("hydra.sweeper.storage", f"must be {STORAGE_FORMS} (got {url!r})")
-    if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    if "://" not in url:
-        raise ConfigError("hydra.sweeper.storage", f"must be {STORAGE_FORMS} (got {url!r})")
-    engine_kwargs = None
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 120}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+from harness.storage import Liveness, counted_trials, logical_number, open_storage, retried_number
 
 
 def instantiate_component(spec: Any, key: str, **extra: Any):
@@ -108,47 +81,16 @@ def summary_path(results_dir: str | Path, name: str) -> Path:
     return Path(results_dir) / "studies" / (re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name) + ".json")
 
 
-class TrialReporter(TrainerCallback):
-    """Reports each validation evaluation during training to the Optuna trial and stops a pruned one.
-
-    Step 0 (the untrained model, identical for every trial) is not reported.
-    Evaluations after training (the record's final metrics) are not either.
-    """
-
-    def __init__(self, trial, metric: str):
-        self.trial = trial
-        self.metric_key = f"eval_{metric}"
-        self.pruned_at_step: int | None = None
-        self._training = False
-
-    @property
-    def pruned(self) -> bool:
-        return self.pruned_at_step is not None
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self._training = True
-
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self._training = False
-
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw):
-        value = (metrics or {}).get(self.metric_key)
-        if not self._training or state.global_step == 0 or value is None or not math.isfinite(value):
-            return control
-        self.trial.report(float(value), state.global_step)
-        if self.trial.should_prune():
-            self.pruned_at_step = state.global_step
-            control.should_training_stop = True
-        return control
-
-
-def trial_reporter(cfg: DictConfig) -> TrialReporter:
+def trial_reporter(cfg: DictConfig):
     """The reporter for a trial job, attached to its trial in the shared storage."""
     import optuna
 
+    from harness.budget import TrialReporter
+
     tuning = cfg.tuning
     pruner = instantiate_component(tuning.get("pruner"), "hydra.sweeper.pruner")
-    study = optuna.load_study(study_name=tuning.study, storage=open_storage(tuning.storage), pruner=pruner)
+    liveness = Liveness(interval=int(tuning.get("heartbeat_interval") or Liveness.interval))
+    study = optuna.load_study(study_name=tuning.study, storage=open_storage(tuning.storage, liveness), pruner=pruner)
     return TrialReporter(optuna.trial.Trial(study, int(tuning.trial_id)), primary_metric(cfg)["name"])
 
 
@@ -180,12 +122,11 @@ def cell_summary(
     """
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    attempts = study.get_trials(deepcopy=False)
+    trials = counted_trials(attempts)
+    run_ids = dict.fromkeys(t.user_attrs["run_id"] for t in attempts if t.user_attrs.get("run_id"))  # a retry: one run
     trial_records = [
-        r
-        for t in trials
-        if t.user_attrs.get("run_id")
-        and (r := records.read_record(records.record_path(results_dir, t.user_attrs["run_id"]))) is not None
+        r for rid in run_ids if (r := records.read_record(records.record_path(results_dir, rid))) is not None
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = study.best_trial if complete else None
@@ -197,10 +138,14 @@ def cell_summary(
         **seeds,
         "trials": len(trials),
         "states": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
-        "pruned_trials": [t.number for t in trials if t.state == TrialState.PRUNED],
+        # Attempts in the storage: a trial whose worker died is failed and queued again with its parameters.
+        "attempts": len(attempts),
+        "retries": sum(retried_number(t) is not None for t in attempts),
+        "surplus": sum(bool(t.user_attrs.get("surplus")) for t in attempts),
+        "pruned_trials": [logical_number(t) for t in trials if t.state == TrialState.PRUNED],
         "best": None
         if best is None
-        else {"trial": best.number, "value": best.value, "params": best.params, **best.user_attrs},
+        else {"trial": logical_number(best), "value": best.value, "params": best.params, **best.user_attrs},
         "tuning_cost": tuning_cost(trial_records),
         "finals": [
             {"run_id": f.get("run_id"), "seed": f.get("seed"), "status": f.get("status"), "test": _test_value(f)}

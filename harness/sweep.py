@@ -6,27 +6,37 @@ any other swept key) owns one study in a persistent storage, named after the
 cell. The sweep asks Optuna for trials, launches them through a ``launch``
 callable (the study sweeper wraps Hydra's launcher: basic, joblib, submitit),
 tells the results back, then launches the finals. Every trial and final is an
-ordinary run record (``role`` trial|final), so a rerun skips what finished,
-and a trial left RUNNING by a killed sweep is relaunched with its own
-parameters: the study ends with exactly ``n_trials`` trials.
+ordinary run record (``role`` trial|final), so a rerun skips what finished.
+
+Several sweepers (another terminal, a SLURM array) may share one RDB storage:
+each running trial carries a heartbeat (:func:`harness.study.heartbeats`), a
+sweeper never relaunches a trial whose heartbeat is fresh, and a trial whose
+heartbeat went silent (its worker and sweeper killed) is failed and queued
+again with its own parameters by the next sweeper that asks; a worker that
+dies under a running sweeper (a launcher reporting it lost) is re-queued at
+once. A retry keeps its first attempt's number in its record, counts once
+toward ``n_trials``, and the cell summary says how many retries there were.
+A sweeper waits for the other sweepers' running trials before it picks the
+best one. A journal file has no heartbeat: one sweeper per journal.
 
 Nothing here knows Hydra's launcher or override grammar, so a test drives a
 whole sweep with a fake ``launch`` that returns canned records.
-Run one sweep per storage at a time; the launcher parallelises within it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import storage as storage_stage
 from harness import study as study_stage
-from harness.compat import trial_id
 from harness.config import ConfigError
 from harness.search import SearchSpace, method_overrides, override_value
 
@@ -36,8 +46,10 @@ RESERVED_KEYS = ("role", "tuning")
 # The trials' seed unless the settings say otherwise: one no final uses (see tuning_seed).
 DEFAULT_TUNING_SEED = 1000
 
-# Runs jobs (each a list of overrides) and returns each one's run record, or None where the job raised.
-Launch = Callable[[list[list[str]]], Sequence[dict[str, Any] | None]]
+# What a launch returns for a job whose worker process died (killed, lost node): its trial is queued again.
+LOST = "lost"
+# Runs jobs (each a list of overrides) and returns each one's run record, None where the job raised, or LOST.
+Launch = Callable[[list[list[str]]], Sequence[dict[str, Any] | str | None]]
 # Composes the run config of one cell from its overrides.
 Compose = Callable[[list[str]], DictConfig]
 
@@ -55,6 +67,7 @@ class Settings:
     pruner: Any = None
     search: Any = None  # per-method search-space overrides
     width: int = 1  # jobs launched at once
+    liveness: storage_stage.Liveness = field(default_factory=storage_stage.Liveness)  # heartbeats and retries
 
 
 @dataclass
@@ -76,10 +89,10 @@ class Job:
 
     overrides: list[str]
     assignments: dict[str, Any]
-    trial_number: int | None = None
+    trial_number: int | None = None  # the attempt's number in the storage (a retry has its own)
     trial_id: int | None = None
     seed: int | None = None
-    result: dict[str, Any] | None = field(default=None, repr=False)
+    result: dict[str, Any] | str | None = field(default=None, repr=False)
 
 
 def check_key(key: str) -> None:
@@ -150,7 +163,7 @@ class Sweep:
                     f"method.{key}", f"is tuned in this study; fix it with method.search.space.{key}=null instead"
                 )
         space.check_extremes(cfg.method)
-        storage_url = self.settings.storage or study_stage.default_storage(cfg.results_dir)
+        storage_url = self.settings.storage or storage_stage.default_storage(cfg.results_dir)
         self._storage(storage_url)
         coordinates = study_stage.cell_coordinates(cfg, axes)
         shared = {"tuning_seed": self.tuning_seed, "data_sha256": data.load_fingerprinted(cfg.task)[1]}
@@ -159,7 +172,7 @@ class Sweep:
 
     def _storage(self, url: str) -> Any:
         if url not in self.storages:
-            self.storages[url] = study_stage.open_storage(url)
+            self.storages[url] = storage_stage.open_storage(url, self.settings.liveness)
         return self.storages[url]
 
     # ------------------------------------------------------------------ run
@@ -177,9 +190,12 @@ class Sweep:
             log.info("%s", describe(summary))
         return summaries
 
-    def _launch(self, jobs: list[Job]) -> None:
-        """Run jobs through ``launch``; each job's record (None when it raised) lands in ``result``."""
-        for job, result in zip(jobs, self.launch([j.overrides for j in jobs]), strict=True):
+    def _launch(self, jobs: list[Job], storage: Any = None) -> None:
+        """Run jobs through ``launch``, beating for their trials meanwhile; each job's record (None when it
+        raised, LOST when its worker died) lands in ``result``."""
+        with storage_stage.heartbeats(storage, [j.trial_id for j in jobs if j.trial_id is not None]):
+            results = self.launch([j.overrides for j in jobs])
+        for job, result in zip(jobs, results, strict=True):
             job.result = result
 
     def _run_cell(self, cell: Cell) -> dict[str, Any]:
@@ -216,47 +232,108 @@ class Sweep:
             *(f"tuning.{key}={override_value(value)}" for key, value in tuning.items()),
         ]
 
-    def _trial_job(self, cell: Cell, number: int, trial_id: int, params: dict[str, Any]) -> Job:
-        assignments = cell.space.assignments(params)
+    def _trial_job(self, cell: Cell, trial: Any) -> Job:
+        """A trial's job; its record carries the first attempt's number (see storage_stage.logical_number)."""
+        assignments = cell.space.assignments(trial.params)
         pruner = self.settings.pruner
         if isinstance(pruner, DictConfig):
             pruner = OmegaConf.to_container(pruner)
         overrides = self._job_overrides(
-            cell, assignments, "trial", self.tuning_seed, trial=number, trial_id=trial_id, storage=cell.storage_url,
-            pruner=pruner,
+            cell, assignments, "trial", self.tuning_seed, trial=storage_stage.logical_number(trial),
+            trial_id=_trial_id(trial), storage=cell.storage_url, pruner=pruner,
+            heartbeat_interval=self.settings.liveness.interval,
         )  # fmt: skip
-        return Job(overrides, assignments, trial_number=number, trial_id=trial_id)
+        return Job(overrides, assignments, trial_number=trial.number, trial_id=_trial_id(trial))
 
     def _tune(self, cell: Cell, study: Any) -> None:
-        """Relaunch trials a killed sweep left running, then ask new ones until the study holds n_trials."""
+        """Ask trials until the study counts n_trials, launching ``width`` at a time; then wait for trials
+        other sweepers are running, so the best trial is picked from all of them."""
         from optuna.trial import TrialState
 
-        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self._recover(study, at_start=True)
         log.info(
-            "%s: %d of %d trials in storage, %d to resume",
+            "%s: %d of %d trials in storage",
             cell.study_name,
-            _started(study),
+            len(storage_stage.counted_trials(study.get_trials(deepcopy=False))),
             self.settings.n_trials,
-            len(stale),
         )
-        width = self.settings.width
+        storage = self._storage(cell.storage_url)
         while True:
-            jobs = [self._trial_job(cell, t.number, trial_id(t), t.params) for t in stale[:width]]
-            stale = stale[width:]
-            while len(jobs) < width and _started(study) < self.settings.n_trials:
-                jobs.append(self._ask(cell, study))
-            if not jobs:
+            jobs = []
+            while len(jobs) < self.settings.width and (job := self._next_trial(cell, study)) is not None:
+                jobs.append(job)
+            if jobs:
+                self._launch(jobs, storage)
+                for job in jobs:
+                    tell(study, job, self.settings.liveness)
+                continue
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
                 return
-            self._launch(jobs)
-            for job in jobs:
-                tell(study, job)
+            log.info(
+                "%s: waiting for trials %s, run by other workers (a silent one is retried after %d s)",
+                cell.study_name,
+                [t.number for t in running],
+                self.settings.liveness.grace,
+            )
+            time.sleep(self.settings.liveness.interval)
+            self._recover(study)
 
-    def _ask(self, cell: Cell, study: Any) -> Job:
-        """A new trial from a sampler seeded by its trial number: resuming never changes what is sampled."""
-        seed = self.settings.sampler_seed + len(study.get_trials(deepcopy=False))
+    def _recover(self, study: Any, at_start: bool = False) -> None:
+        """Fail trials whose heartbeat went silent and queue them again (Optuna's stale-trial callback).
+
+        A journal storage has no heartbeat: its trials left running by a killed sweep are failed and queued
+        again when a sweep starts (hence one sweeper per journal file).
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        if storage_stage.heartbeat_enabled(study._storage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(study)
+        elif at_start:
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                requeue(study, trial.number, self.settings.liveness, "left running by a killed sweep")
+
+    def _next_trial(self, cell: Cell, study: Any) -> Job | None:
+        """A queued retry, else a new trial while the study counts fewer than n_trials; None when done."""
+        from optuna.trial import TrialState
+
+        self._recover(study)
+        trials = study.get_trials(deepcopy=False)
+        retry_waiting = any(
+            t.state == TrialState.WAITING and storage_stage.retried_number(t) is not None for t in trials
+        )
+        if len(storage_stage.counted_trials(trials)) >= self.settings.n_trials and not retry_waiting:
+            return None
+        return self._ask(cell, study)
+
+    def _ask(self, cell: Cell, study: Any) -> Job | None:
+        """A trial from a sampler seeded by its trial number (resuming never changes what is sampled); a
+        queued retry comes first with its own parameters. None when another sweeper asked for the last one
+        at the same moment: that surplus trial is closed unrun."""
+        seed = self.settings.sampler_seed + len(storage_stage.counted_trials(study.get_trials(deepcopy=False)))
         study.sampler = study_stage.instantiate_component(self.settings.sampler, "hydra.sweeper.sampler", seed=seed)
-        trial = study.ask(cell.space.distributions)
-        return self._trial_job(cell, trial.number, trial_id(trial), trial.params)
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize
+            warnings.simplefilter("ignore")
+            trial = study.ask(cell.space.distributions)
+        if storage_stage.heartbeat_enabled(study._storage):
+            study._storage.record_heartbeat(_trial_id(trial))  # alive from the ask, before its worker starts
+        frozen = study._storage.get_trial(_trial_id(trial))
+        if storage_stage.retried_number(frozen) is None and self._is_surplus(study, frozen.number):
+            trial.set_user_attr("surplus", True)
+            study.tell(frozen.number, state=optuna_fail(), skip_if_finished=True)
+            log.info(
+                "%s: trial %d closed unrun: another sweeper asked for the last one", cell.study_name, frozen.number
+            )
+            return None
+        return self._trial_job(cell, frozen)
+
+    def _is_surplus(self, study: Any, number: int) -> bool:
+        """More than n_trials trials counted up to this one: two sweepers asked at once."""
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number <= number]
+        return len(storage_stage.counted_trials(earlier)) > self.settings.n_trials
 
     def _finals(self, cell: Cell, study: Any) -> list[dict[str, Any]]:
         """The best trial's assignments re-run once per final seed; the records of those that returned."""
@@ -274,23 +351,50 @@ class Sweep:
         width = self.settings.width
         for start in range(0, len(jobs), width):
             self._launch(jobs[start : start + width])
-        return [job.result for job in jobs if job.result is not None]
+        return [job.result for job in jobs if isinstance(job.result, dict)]
 
 
-def _started(study: Any) -> int:
-    """Trials handed out so far: every state but WAITING (enqueued, not yet asked for)."""
+def _trial_id(trial: Any) -> int:
+    from harness.compat import trial_id  # imports torch: not at module level, the command line's checks use this module
+
+    return trial_id(trial)
+
+
+def optuna_fail() -> Any:
     from optuna.trial import TrialState
 
-    waiting = (TrialState.WAITING,)
-    return len(study.get_trials(deepcopy=False)) - len(study.get_trials(deepcopy=False, states=waiting))
+    return TrialState.FAIL
 
 
-def tell(study: Any, job: Job) -> None:
-    """Report a finished trial job: its value, or pruned, or failed (a job that raised counts as failed)."""
+def requeue(study: Any, number: int, liveness: storage_stage.Liveness, why: str) -> None:
+    """Fail a trial whose worker is gone and queue it again with its parameters (Optuna's retry callback,
+    the one a stale heartbeat triggers), so the next ask runs it."""
+    study.tell(number, state=optuna_fail(), skip_if_finished=True)
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    liveness.retry_callback()(study, frozen)
+    log.warning("%s trial %d: %s; queued again with its parameters", study.study_name, number, why)
+
+
+def tell(study: Any, job: Job, liveness: storage_stage.Liveness | None = None) -> None:
+    """Report a finished trial job: its value, or pruned, or failed (a job that raised counts as failed); a job
+    whose worker died is queued again. A trial another sweeper already declared dead keeps that verdict: its
+    retry finds this job's record (same run_id) instead of training again."""
     import optuna
     from optuna.trial import TrialState
 
     record = job.result
+    current = next(t for t in study.get_trials(deepcopy=False) if t.number == job.trial_number)
+    if current.state.is_finished():
+        log.warning(
+            "%s trial %d: already closed (%s) by another sweeper",
+            study.study_name,
+            job.trial_number,
+            current.state.name,
+        )
+        return
+    if record == LOST:
+        requeue(study, job.trial_number, liveness or storage_stage.Liveness(), "its worker died")
+        return
     trial = optuna.trial.Trial(study, job.trial_id)
     trial.set_user_attr("assignments", job.assignments)
     if record is not None:

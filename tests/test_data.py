@@ -202,7 +202,7 @@ def test_tokenized_splits_are_cached_by_data_tokenizer_and_length(tmp_path, monk
     changed data, another length or the cache switched off tokenize again, with identical results."""
     from datasets import Dataset, DatasetDict
 
-    from harness import measure, models
+    from harness import models, versions
     from harness.data import cache, tokens
 
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
@@ -221,7 +221,7 @@ def test_tokenized_splits_are_cached_by_data_tokenizer_and_length(tmp_path, monk
     edited = DatasetDict({name: split.map(lambda r: {"text": r["text"] + "!"}) for name, split in splits.items()})
     assert tokens.tokenize(edited, tokenizer, 16)["train"]["input_ids"] != first["train"]["input_ids"]
     assert calls == [16, 8, 16]
-    monkeypatch.setattr(measure, "package_versions", lambda *names: dict.fromkeys(names, "99.0"))  # another release
+    monkeypatch.setattr(versions, "package_versions", lambda *names: dict.fromkeys(names, "99.0"))  # another release
     tokens.tokenize(splits, tokenizer, 16)
     assert calls == [16, 8, 16, 16]
     monkeypatch.setenv(cache.CACHE_ENV, "off")

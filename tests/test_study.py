@@ -7,20 +7,20 @@ import pytest
 from conftest import SETTLED
 from transformers import TrainerControl, TrainerState
 
-from harness import records, study
+from harness import budget, records, storage, study
 from harness.config import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _evaluate(reporter: study.TrialReporter, step: int, accuracy: float) -> TrainerControl:
+def _evaluate(reporter: budget.TrialReporter, step: int, accuracy: float) -> TrainerControl:
     control = TrainerControl()
     reporter.on_evaluate(None, TrainerState(global_step=step), control, metrics={"eval_accuracy": accuracy})
     return control
 
 
-def _run_trial(opt_study, values: list[float]) -> study.TrialReporter:
-    reporter = study.TrialReporter(opt_study.ask(), "accuracy")
+def _run_trial(opt_study, values: list[float]) -> budget.TrialReporter:
+    reporter = budget.TrialReporter(opt_study.ask(), "accuracy")
     reporter.on_train_begin(None, TrainerState(), TrainerControl())
     for step, value in enumerate(values, start=1):
         if _evaluate(reporter, step * 10, value).should_training_stop:
@@ -41,7 +41,7 @@ def test_a_hopeless_trial_is_pruned_and_stops_training():
 
 def test_step_zero_and_evaluations_outside_training_are_not_reported():
     opt_study = optuna.create_study(direction="maximize")
-    reporter = study.TrialReporter(opt_study.ask(), "accuracy")
+    reporter = budget.TrialReporter(opt_study.ask(), "accuracy")
     _evaluate(reporter, 5, 0.9)  # before on_train_begin: a final evaluation of another run phase
     reporter.on_train_begin(None, TrainerState(), TrainerControl())
     _evaluate(reporter, 0, 0.5)  # the untrained model, identical for every trial
@@ -55,13 +55,13 @@ def test_step_zero_and_evaluations_outside_training_are_not_reported():
 @pytest.mark.parametrize("url", ["results/optuna.db", "", "mysql//x"])
 def test_a_bad_storage_url_names_the_key_and_the_forms(url):
     with pytest.raises(ConfigError, match=r"hydra\.sweeper\.storage: must be an RDB URL .* journal:<path>"):
-        study.open_storage(url)
+        storage.open_storage(url)
 
 
 def test_sqlite_and_journal_storages_open_and_persist_studies(tmp_path):
-    for url in (study.default_storage(tmp_path / "a"), f"journal:{tmp_path / 'b' / 'optuna.journal'}"):
-        optuna.create_study(study_name="cell", storage=study.open_storage(url)).optimize(lambda t: 1.0, n_trials=2)
-        assert len(optuna.load_study(study_name="cell", storage=study.open_storage(url)).trials) == 2
+    for url in (storage.default_storage(tmp_path / "a"), f"journal:{tmp_path / 'b' / 'optuna.journal'}"):
+        optuna.create_study(study_name="cell", storage=storage.open_storage(url)).optimize(lambda t: 1.0, n_trials=2)
+        assert len(optuna.load_study(study_name="cell", storage=storage.open_storage(url)).trials) == 2
     assert (tmp_path / "a" / "optuna.db").is_file() and (tmp_path / "b" / "optuna.journal").is_file()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -11,14 +12,18 @@ from conftest import TINY, compose_config
 from harness import study, sweep
 from harness.config import ConfigError
 from harness.search import override_value
+from harness.storage import Liveness
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RANDOM = {"_target_": "optuna.samplers.RandomSampler"}
 CPU = {"device_type": "cpu", "precision": "fp32"}
+# Heartbeats every second, a trial silent for two is dead: a killed sweep's trial is retried within seconds.
+FAST = Liveness(interval=1, grace=2)
 
 
 class FakeLauncher:
-    """Returns a canned record per job (``outcome(job)``: a record's fields, or None for a job that raised)."""
+    """Returns a canned record per job (``outcome(job)``: a record's fields, None for a job that raised, or
+    ``sweep.LOST`` for one whose worker died)."""
 
     def __init__(self, outcome=None):
         self.outcome = outcome or (lambda job: {"status": "success", "validation": 0.5})
@@ -41,8 +46,8 @@ class FakeLauncher:
 
     def _record(self, job: dict[str, str]) -> dict | None:
         fields = self.outcome(job)
-        if fields is None:
-            return None
+        if fields is None or fields == sweep.LOST:
+            return fields
         run_id = f"{job['tuning.study']}-{job['role']}-{job['seed']}-{job['tuning.trial']}"
         metric = {"validation": fields.get("validation"), "test": fields.get("test", 0.7)}
         return {"run_id": run_id, "status": fields["status"], "seed": int(job["seed"]), "primary_metric": metric,
@@ -54,7 +59,7 @@ def method_values(job: dict[str, str]) -> dict[str, str]:
 
 
 def make_sweep(tmp_path, launch, **settings) -> sweep.Sweep:
-    settings = {"seeds": [0, 1], "n_trials": 3, "sampler": RANDOM, **settings}
+    settings = {"seeds": [0, 1], "n_trials": 3, "sampler": RANDOM, "liveness": FAST, **settings}
     base = [*TINY, "task=toy_sentiment", f"results_dir={tmp_path}"]
     return sweep.Sweep(sweep.Settings(**settings), launch, lambda overrides: compose_config([*base, *overrides]))
 
@@ -123,7 +128,11 @@ def test_a_trial_from_another_device_is_told_failed_and_cannot_win(tmp_path):
     assert load(cell).trials[1].state == optuna.trial.TrialState.FAIL and summary["best"]["trial"] != 1
 
 
-def test_a_resumed_sweep_relaunches_only_the_interrupted_trial_then_tops_up_to_n_trials(tmp_path):
+def test_a_resumed_sweep_retries_only_the_interrupted_trial_then_tops_up_to_n_trials(tmp_path):
+    """A sweep killed during trial 2 leaves it RUNNING; once its heartbeat is silent past the grace period the
+    next sweep fails it and runs it again with its parameters and its number, and asks trial 3: the study
+    counts 4 trials, in 5 attempts, and samples what an uninterrupted sweep samples."""
+
     class Killed(Exception):
         pass
 
@@ -137,11 +146,15 @@ def test_a_resumed_sweep_relaunches_only_the_interrupted_trial_then_tops_up_to_n
         run_sweep(tmp_path, first, n_trials=4)
     interrupted = first.jobs[-1]
     resumed = FakeLauncher()
-    (cell,), _ = run_sweep(tmp_path, resumed, n_trials=4)
-    trials = resumed.trials()
+    (cell,), (summary,) = run_sweep(tmp_path, resumed, n_trials=4)
+    # Trial 2 looks alive until its heartbeat is 2 s old: trial 3 runs meanwhile, then trial 2 again.
+    trials = sorted(resumed.trials(), key=lambda job: job["tuning.trial"])
     assert [j["tuning.trial"] for j in trials] == ["2", "3"]  # 0 and 1 finished: not relaunched
-    assert trials[0] == interrupted  # the same trial (id, parameters) again
-    assert [t.state.is_finished() for t in load(cell).trials] == [True] * 4
+    assert method_values(trials[0]) == method_values(interrupted)  # the same trial's parameters again
+    assert trials[0]["tuning.trial_id"] != interrupted["tuning.trial_id"]  # as a new attempt in the storage
+    assert [t.state.name for t in load(cell).trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert (summary["trials"], summary["attempts"], summary["retries"]) == (4, 5, 1)
+    assert summary["states"]["complete"] == 4 and summary["states"]["fail"] == 0
 
     uninterrupted = FakeLauncher()
     run_sweep(tmp_path / "fresh", uninterrupted, n_trials=4)
@@ -150,6 +163,66 @@ def test_a_resumed_sweep_relaunches_only_the_interrupted_trial_then_tops_up_to_n
     again = FakeLauncher()
     run_sweep(tmp_path, again, n_trials=4)
     assert not again.trials() and len(again.finals()) == 2  # finals relaunched: the run itself skips recorded ones
+
+
+def test_a_trial_whose_worker_died_is_queued_again_and_counts_once(tmp_path):
+    """A launcher that reports a job's worker lost (joblib: TerminatedWorkerError) gets that trial back with its
+    parameters and number at once, without waiting for the grace period; a retry counts once toward n_trials."""
+    lost_once = set()
+
+    def loses_trial_1_once(job):
+        if job["tuning.trial"] == "1" and not lost_once:
+            lost_once.add(job["tuning.trial_id"])
+            return sweep.LOST
+        return {"status": "success", "validation": 0.5 + 0.1 * int(job["tuning.trial"])}
+
+    launch = FakeLauncher(loses_trial_1_once)
+    (cell,), (summary,) = run_sweep(tmp_path, launch, n_trials=3)
+    # Records carry the first attempt's number; the retry took attempt number 2, so the next trial is 3.
+    numbers = [j["tuning.trial"] for j in launch.trials()]
+    assert numbers == ["0", "1", "1", "3"] and summary["retries"] == 1
+    first, again = [j for j in launch.trials() if j["tuning.trial"] == "1"]
+    assert method_values(first) == method_values(again) and first["tuning.trial_id"] != again["tuning.trial_id"]
+    assert (summary["trials"], summary["attempts"], summary["states"]["complete"]) == (3, 4, 3)
+    assert summary["best"]["trial"] == 3
+
+
+def test_two_sweepers_on_one_storage_never_run_a_trial_twice(tmp_path):
+    """Two sweepers started together on one SQLite storage share the cell's trials: each trial number is launched
+    once, the study counts n_trials, and both wait for the other's trials before picking the best one. (Threads
+    here; tests/test_faults.py runs two sweeper processes with two workers each on PostgreSQL.)"""
+    import threading
+
+    launched: list[str] = []
+
+    def slow(job):
+        time.sleep(0.3)
+        if job["role"] == "trial":
+            launched.append(job["tuning.trial"])
+        return {"status": "success", "validation": 0.5}
+
+    summaries, errors = [], []
+    sweepers = [make_sweep(tmp_path, FakeLauncher(slow), n_trials=6) for _ in range(2)]
+    plans = [
+        runner.plan([(["method=lora"], {"method": "lora"})]) for runner in sweepers
+    ]  # Hydra composes in one thread
+
+    def sweeper(runner, cells):
+        try:
+            summaries.append(runner.run(cells)[0])
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=sweeper, args=pair) for pair in zip(sweepers, plans, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(summaries) == 2
+    assert sorted(launched) == [str(n) for n in range(6)]  # every trial once, none twice
+    assert all(runner.launch.trials() for runner in sweepers)  # both took part
+    for summary in summaries:
+        assert summary["trials"] == 6 and summary["states"]["complete"] == 6 and summary["states"]["running"] == 0
 
 
 def test_same_setting_keeps_the_first_trials_device_and_precision():

@@ -12,10 +12,24 @@ One module per concern:
 * :mod:`~harness.data.cache`: loaded and tokenised splits kept on disk for a sweep's later runs.
 
 The stage's interface to a run is re-exported here.
+The names are resolved on first use (PEP 562): importing a light module of the stage (``spec``, ``catalog``)
+must not import ``datasets`` and torch, so that the command line answers a bad input within a second or two.
 """
 
-from harness.data.fingerprint import fingerprint
-from harness.data.load import cap_eval, load_fingerprinted, load_task
-from harness.data.tokens import tokenize
+from importlib import import_module
+from typing import Any
 
-__all__ = ["cap_eval", "fingerprint", "load_fingerprinted", "load_task", "tokenize"]
+EXPORTS = {
+    "cap_eval": "harness.data.load",
+    "fingerprint": "harness.data.fingerprint",
+    "load_fingerprinted": "harness.data.load",
+    "load_task": "harness.data.load",
+    "tokenize": "harness.data.tokens",
+}
+__all__ = list(EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in EXPORTS:
+        raise AttributeError(f"module 'harness.data' has no attribute {name!r}")
+    return getattr(import_module(EXPORTS[name]), name)

@@ -22,7 +22,7 @@ from datasets import ClassLabel, DatasetDict
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness import measure
+from harness import versions
 from harness.config import ConfigError
 from harness.data import cache
 from harness.data.answers import extract_answer
@@ -111,7 +111,7 @@ def _loader_key(spec: TaskSpec) -> dict[str, Any]:
     described = dataclasses.asdict(dataclasses.replace(spec, generator=None))
     here = Path(__file__).parent
     code = {name: cache.file_digest(here / name) for name in LOADER_MODULES}
-    return {"spec": described, "loader": code, "libraries": measure.package_versions("datasets", "pandas", "pyarrow")}
+    return {"spec": described, "loader": code, "libraries": versions.package_versions("datasets", "pandas", "pyarrow")}
 
 
 def _source_files(spec: TaskSpec) -> dict[str, str | list[str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from harness import measure
+from harness import versions
 from harness.data import cache
 from harness.data.fingerprint import fingerprint
 
@@ -75,6 +75,6 @@ def _cache_folder(splits: DatasetDict, tokenizer, max_length: int, data_sha256: 
         "columns": {name: split.column_names for name, split in splits.items()},
         "tokenizer": tokenizer_digest(tokenizer),
         "max_length": max_length,
-        "libraries": measure.package_versions("tokenizers", "transformers", "datasets"),
+        "libraries": versions.package_versions("tokenizers", "transformers", "datasets"),
     }
     return cache.entry_folder("tokenized", key)

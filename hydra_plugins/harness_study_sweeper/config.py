@@ -50,6 +50,15 @@ class StudySweeperConf:
     # Trials launched at once; null = the launcher's parallelism (joblib n_jobs,
     # submitit array_parallelism), 1 for the basic launcher.
     n_jobs: Optional[int] = None
+    # Workers that notice each other (RDB storages: sqlite, PostgreSQL, MySQL). Every running
+    # trial's heartbeat is written every `heartbeat_interval` seconds by its sweeper and its
+    # worker; a trial silent for `grace_period` seconds (both killed) is failed and queued again
+    # with its own parameters, at most `max_retry` times, by the next sweeper that asks. A
+    # retried trial counts once toward n_trials. Keep grace_period above a worker's start-up
+    # (imports, data) plus a few intervals.
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retry: int = 3
 
 
 SAMPLERS = {

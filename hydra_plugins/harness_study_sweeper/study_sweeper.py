@@ -49,6 +49,7 @@ class StudySweeper(Sweeper):
             settings = Settings(
                 seeds=seeds, n_trials=p.n_trials, tuning_seed=p.tuning_seed, storage=p.storage, sampler=p.sampler,
                 sampler_seed=p.sampler_seed, pruner=p.pruner, search=p.search, width=self._parallelism(),
+                liveness=self._liveness(),
             )  # fmt: skip
             sweep = Sweep(settings, self._launch, self._compose)
             cells = sweep.plan(*self._grid(overrides))
@@ -108,10 +109,25 @@ class StudySweeper(Sweeper):
                 return os.cpu_count() or 1 if value == -1 else int(value)
         return 1
 
-    def _launch(self, batch: list[list[str]]) -> list[dict[str, Any] | None]:
-        """Run jobs through the configured launcher: each job's record, or None where it raised."""
-        results: list[dict[str, Any] | None] = []
-        for ret in self.launcher.launch(batch, initial_job_idx=self.job_idx):
+    def _liveness(self):
+        from harness.study import Liveness
+
+        p = self.params
+        return Liveness.checked(p.heartbeat_interval, p.grace_period, p.max_retry)
+
+    def _launch(self, batch: list[list[str]]) -> list[dict[str, Any] | str | None]:
+        """Run jobs through the configured launcher: each job's record, None where it raised, LOST for every
+        job of a batch whose worker process died (joblib's TerminatedWorkerError ends the whole batch)."""
+        from harness.sweep import LOST
+
+        results: list[dict[str, Any] | str | None] = []
+        try:
+            returns = list(self.launcher.launch(batch, initial_job_idx=self.job_idx))
+        except Exception as error:  # noqa: BLE001 - a dead worker must not end the sweep
+            log.error("a worker of this batch died (%s: %s); its trials are queued again", type(error).__name__, error)
+            self.job_idx += len(batch)
+            return [LOST] * len(batch)
+        for ret in returns:
             try:
                 results.append(ret.return_value)  # re-raises what the job raised
             except Exception as error:  # noqa: BLE001 - one job's crash must not end the sweep
