@@ -17,6 +17,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from pg_cluster import postgres_cluster, postgres_url  # noqa: E402, F401 - a throwaway PostgreSQL cluster
 
 from harness.cli import CONFIG_DIR  # noqa: E402
 
