@@ -45,7 +45,9 @@ def load_task(task: DictConfig | TaskSpec) -> DatasetDict:
     [, answer]. preference: prompt, chosen, rejected [, answer].
     """
     spec = task if isinstance(task, TaskSpec) else TaskSpec.from_config(task)
-    splits = _select_splits(spec, load_raw(spec))
+    raw = load_raw(spec)
+    _check_columns(spec, raw)
+    splits = _select_splits(spec, raw)
     if spec.type == "classification":
         return DatasetDict({name: _normalise_classification(spec, split, name) for name, split in splits.items()})
     return DatasetDict({name: _normalise_generative(spec, split, name) for name, split in splits.items()})
@@ -115,11 +117,75 @@ def _loader_key(spec: TaskSpec) -> dict[str, Any]:
 
 
 def _source_files(spec: TaskSpec) -> dict[str, str | list[str]]:
+    """The task's local files by split, each checked readable (see :func:`check_data_file`)."""
     if spec.data_files is None:
-        return _data_dir_files(project_path(spec.data_dir))
-    if isinstance(spec.data_files, dict):
-        return {split: _absolute(paths) for split, paths in spec.data_files.items()}
-    return {"train": _absolute(spec.data_files)}
+        files = _data_dir_files(project_path(spec.data_dir))
+    elif isinstance(spec.data_files, dict):
+        files = {split: _absolute(paths) for split, paths in spec.data_files.items()}
+    else:
+        files = {"train": _absolute(spec.data_files)}
+    key = "task.data_files" if spec.data_files is not None else "task.data_dir"
+    for paths in files.values():
+        for path in [paths] if isinstance(paths, str) else paths:
+            check_data_file(Path(path), key)
+    return files
+
+
+# Formats read as text: their bytes must decode as UTF-8 (a byte-order mark is allowed).
+TEXT_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".txt")
+
+
+def check_data_file(path: Path, key: str, fields: int | None = None) -> None:
+    """A data file exists, is not empty, and a text one is UTF-8; a TSV's rows have as many fields as its
+    header (or ``fields`` names): said in one line naming the file, where ``datasets`` would report "An error
+    occurred while generating the dataset" or pandas would take a row's extra field for an index."""
+    if not path.is_file():
+        raise ConfigError(key, f"{path} not found")
+    if path.stat().st_size == 0:
+        raise ConfigError(key, f"{path} is empty")
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        _check_utf8(path, key)
+    if path.suffix.lower() == ".tsv":
+        _check_tsv_fields(path, key, fields)
+
+
+def _check_tsv_fields(path: Path, key: str, expected: int | None) -> None:
+    """Unquoted TSV (GLUE's): a quote is text, so a row with a tab too many is a broken row, not a quoted field."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            count = line.count("\t") + 1
+            if expected is None:
+                expected = count
+            elif count != expected:
+                raise ConfigError(
+                    key,
+                    f"{path} line {number} has {count} tab-separated fields where the header has {expected} "
+                    "(a stray tab or quote?)",
+                )
+
+
+def _check_utf8(path: Path, key: str) -> None:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                where = line + chunk[: error.start].count(b"\n")
+                raise ConfigError(
+                    key, f"{path} is not UTF-8 text (byte 0x{chunk[error.start]:02x} on line {where}); save it as UTF-8"
+                ) from None
+            line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text (it ends inside a character); save it as UTF-8") from None
 
 
 def _absolute(paths: str | list[str]) -> str | list[str]:
@@ -189,11 +255,26 @@ def _load_files(spec: TaskSpec) -> DatasetDict:
     files = _source_files(spec)  # one path or a list stands for the train split
     first = next(iter(files.values()))
     builder, kwargs = _file_format(spec.file_format, first if isinstance(first, str) else first[0])
+    # Split by split: files whose columns differ are reported by the column check, not as a failed cast. A parse
+    # error from pyarrow/pandas is reported as one line: the parser's, not the wrapper's.
     try:
-        return datasets.load_dataset(builder, data_files=files, **kwargs)
-    except Exception as error:  # a parse error from pyarrow/pandas, reported as one line
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError("task.data_files", f"cannot read {files}: {message}") from None
+        return DatasetDict(
+            {
+                split: datasets.load_dataset(builder, data_files=paths, split="train", **kwargs)
+                for split, paths in files.items()
+            }
+        )
+    except Exception as error:  # noqa: BLE001
+        shown = ", ".join(f"{split}: {paths}" for split, paths in files.items())
+        raise ConfigError("task.data_files", f"cannot read {shown}: {_root_message(error)}") from None
+
+
+def _root_message(error: BaseException) -> str:
+    """The first line of the innermost cause (``datasets`` wraps a parser's error in a generic one)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _read_original_file(path: Path, local: LocalCopy) -> datasets.Dataset:
@@ -227,8 +308,7 @@ def _load_local_copy(spec: TaskSpec, local: LocalCopy) -> DatasetDict:
     splits = {}
     for split, name in files.items():
         path = folder / name
-        if not path.is_file():
-            raise ConfigError("data_root", f"{path} not found (task.local.files.{split})")
+        check_data_file(path, "data_root", len(local.column_names) if local.column_names else None)
         try:
             splits[split] = _read_original_file(path, local)
         except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
@@ -271,6 +351,27 @@ def _select_splits(spec: TaskSpec, raw: DatasetDict) -> DatasetDict:
     return DatasetDict(train=train, validation=validation, test=test)
 
 
+def _check_columns(spec: TaskSpec, raw: DatasetDict) -> None:
+    """Every column the spec names is in every split it reads, before any split is carved: a file without the
+    named columns is reported as that, not as a split too small to carve."""
+    if spec.type == "classification":
+        named = [(f"task.{key}", spec.columns[new]) for new, key in COLUMNS[spec.type].items() if new in spec.columns]
+    else:
+        templated = bool(spec.prompt_template or spec.shared_prompt_marker)  # the prompt is built, not read
+        named = [
+            (f"task.{key}", getattr(spec, key))
+            for new, key in COLUMNS[spec.type].items()
+            if getattr(spec, key) and not (new == "prompt" and templated)
+        ]
+        named += [("task.answer_column", spec.answer_column)] if spec.answer_column else []
+        named += [("task.prompt_template", field) for field in template_fields(spec.prompt_template)]
+    wanted = {spec.train_split, spec.validation_split, spec.test_split} - {None}
+    for split in sorted(wanted & set(raw)):
+        for key, column in named:
+            if column not in raw[split].column_names:
+                raise _missing_column(key, column, raw[split], split)
+
+
 def _missing_column(key: str, column: str, data: datasets.Dataset, split: str) -> ConfigError:
     return ConfigError(key, f"column {column!r} not in the {split} data; available: {', '.join(data.column_names)}")
 
@@ -284,6 +385,12 @@ def _normalise_classification(spec: TaskSpec, data: datasets.Dataset, split: str
             raise _missing_column(f"task.{keys[new]}", old, data, split)
     data = data.select_columns(list(wanted.values()))
     data = data.rename_columns({old: new for new, old in wanted.items() if old != new})
+    empty = [i for i, text in enumerate(data["text"]) if text is None or not str(text).strip()]
+    if empty:
+        raise ConfigError(
+            f"task.{keys['text']}",
+            f"{len(empty)} rows of the {split} data have an empty text (first: row {empty[0]}); remove or fill them",
+        )
     return _encode_labels(data, list(spec.label_names), split)
 
 
