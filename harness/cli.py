@@ -106,13 +106,14 @@ def run_one(cfg: DictConfig) -> dict | None:
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     _quiet_libraries()
     _apply_memory_limit(cfg.get("memory_limit_gb"))
-    from harness.run import RunFailed, execute, prepare
+    from harness.run import RecordNotWritten, RunFailed, execute, prepare
 
     prepared = prepare(cfg)
     rid, path = prepared.run_id, prepared.record_path
-    if not cfg.force and records.is_done(cfg.results_dir, rid):
-        log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
-        return records.read_record(path)
+    if not cfg.force:
+        skip, earlier = _check_earlier(path)
+        if skip:
+            return earlier
     callbacks = []
     if cfg.role == "trial":
         from harness.study import trial_reporter
@@ -125,8 +126,36 @@ def run_one(cfg: DictConfig) -> dict | None:
         if not _in_multirun():
             sys.exit(1)
         return error.record
+    except RecordNotWritten as error:  # no record at all: one line, and in a multirun the sweep goes on
+        if not _in_multirun():
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        log.error("run %s failed: %s", rid, error)
+        return None
     log.info("%s", _summary(record))
     return record
+
+
+def _check_earlier(path) -> tuple[bool, dict | None]:
+    """Whether the run about to start is skipped, and the record run_one then returns.
+
+    A finished record is skipped. A corrupted one is named and the run reruns,
+    replacing it. A record of a newer schema is named and skipped: this older
+    harness cannot read it and does not overwrite it (force=true does).
+    """
+    from harness import records
+
+    earlier = records.inspect_record(path)
+    if earlier.newer:
+        log.warning("skip %s: %s; this harness does not overwrite it (force=true does)", path, earlier.problem)
+        return True, None
+    if earlier.problem:
+        log.warning("%s: %s; running it again replaces it", path, earlier.problem)
+        return False, None
+    if earlier.record is not None and earlier.record.get("status") in records.FINISHED_STATUSES:
+        log.info("skip %s: already succeeded (%s); force=true reruns it", earlier.record["run_id"], path)
+        return True, earlier.record
+    return False, None
 
 
 def refuse_renamed_groups(arguments: list[str]) -> None:
