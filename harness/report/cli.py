@@ -2,7 +2,10 @@
 
 The report is a pure function of ``runs/*.json`` (and the tuned cells'
 ``studies/*.json``): running it twice gives the same files, and nothing in
-it is typed by hand.
+it is typed by hand. A file it cannot use (truncated, of a newer schema, ...)
+is named in a warning and listed in the report, never fatal; temporary files
+that dead writers left behind are removed before reading. Every string from
+a record is escaped in the HTML page.
 """
 
 from __future__ import annotations
