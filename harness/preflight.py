@@ -46,10 +46,11 @@ MAX_CHECKED_JOBS = 256
 STUDY_SWEEPER = "StudySweeper"
 
 
-def check_command_line(arguments: list[str], config_dir: str) -> None:
-    """Raise ConfigError on the first bad input among the jobs ``arguments`` ask for; return when all pass."""
+def check_command_line(arguments: list[str], config_dir: str) -> list[str]:
+    """Raise ConfigError on the first bad input among the jobs ``arguments`` ask for; when all pass, return the
+    results folders they write to."""
     if any(a.split("=", 1)[0] in HYDRA_OWN_FLAGS for a in arguments):
-        return
+        return []
     multirun = any(a in MULTIRUN_FLAGS for a in arguments)
     overrides = [a for a in arguments if not a.startswith("-")]
     from hydra import initialize_config_dir
@@ -58,12 +59,12 @@ def check_command_line(arguments: list[str], config_dir: str) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir, version_base=None):
-            _check_jobs(overrides, multirun, GlobalHydra.instance().config_loader())
+            return _check_jobs(overrides, multirun, GlobalHydra.instance().config_loader())
     finally:
         GlobalHydra.instance().clear()
 
 
-def _check_jobs(overrides: list[str], multirun: bool, loader: Any) -> None:
+def _check_jobs(overrides: list[str], multirun: bool, loader: Any) -> list[str]:
     parsed = _parse(overrides)
     for override in parsed:
         _check_group_choice(override, loader)
@@ -82,6 +83,7 @@ def _check_jobs(overrides: list[str], multirun: bool, loader: Any) -> None:
             _check_search(cfg)
     if study:
         _check_study(first, parsed)
+    return sorted(checked["results_dir"])
 
 
 def _parse(overrides: list[str]) -> list[Any]:

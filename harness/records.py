@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +53,12 @@ NON_IDENTITY_KEYS = (
     # blocks carry the micro-batch, ``compute`` the precomputation's time.
     "budget.micro_batch_size",
     "objective.precompute_ref_log_probs",
+    # The same tensors read from a pickle instead of safetensors.
+    "model.allow_pickle_weights",
 )
+# Keys left out of the identity while they hold their default: added after records existed, so that adding
+# them orphans no finished run. Set otherwise they are part of it (remote code is other code).
+IDENTITY_DEFAULTS = {"model.trust_remote_code": False}
 # A pruned trial is finished too: re-running it would spend the same compute to be pruned again.
 FINISHED_STATUSES = ("success", "pruned")
 REQUIRED_FIELDS = (
@@ -78,6 +86,9 @@ REQUIRED_FIELDS = (
     "config",
     "environment",
 )
+# What a record must hold for any reader to place it (the report's row, the skip logic's status): a file
+# without them is skipped with a warning. Records of schema 1 lack some REQUIRED_FIELDS but have these.
+ESSENTIAL_FIELDS = ("schema_version", "run_id", "status", "model", "task", "method", "budget", "seed")
 
 
 @dataclass(frozen=True)
@@ -233,15 +244,25 @@ def _compute(fitted: FittedRun) -> dict[str, Any]:
 
 
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without NON_IDENTITY_KEYS, and without IDENTITY_DEFAULTS keys at their default."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for dotted in NON_IDENTITY_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = plain
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _pop(plain, dotted)
+    for dotted, default in IDENTITY_DEFAULTS.items():
+        _pop(plain, dotted, only_if=default)
     return plain
+
+
+_ANY = object()
+
+
+def _pop(plain: dict[str, Any], dotted: str, only_if: Any = _ANY) -> None:
+    *parents, leaf = dotted.split(".")
+    node = plain
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and (only_if is _ANY or node[leaf] == only_if):
+        del node[leaf]
 
 
 def run_id(cfg: DictConfig, settled: dict[str, Any]) -> str:
@@ -286,8 +307,14 @@ def write_samples(path: Path, samples: list[dict[str, Any]]) -> str | None:
 
 
 def _write_atomically(path: Path, write) -> None:
+    """Write a temporary file beside ``path``, fsync it, rename it over ``path``; on any failure remove it.
+
+    The temporary file's name carries its writer (host and PID), so that
+    :func:`sweep_stale_temporaries` can tell a dead writer's leftover from a
+    live writer's file in progress.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.{_WRITER}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as out:
             write(out)
@@ -299,24 +326,136 @@ def _write_atomically(path: Path, write) -> None:
         raise
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at path, or None when absent or unreadable (treated as not run)."""
+def _host_key() -> str:
+    """Eight hex digits naming this host: a PID means something only on the host that issued it."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+_WRITER = f"{_host_key()}-{os.getpid()}"
+# ``.<stem>.<host>-<pid>.<random>.tmp``; the stem may hold dots (``<run_id>.samples``).
+_TEMPORARY_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp$")
+# A temporary file whose writer cannot be checked (another host, or written before names carried the PID) is
+# stale after this long: a record is written in well under a second, so an hour-old one has no writer left.
+STALE_TEMPORARY_SECONDS = 3600
+TEMPORARY_FOLDERS = ("runs", "studies")
+
+
+def sweep_stale_temporaries(results_dir: str | Path) -> list[Path]:
+    """Remove the temporary files dead writers left in ``runs/`` and ``studies/`` (a ``kill -9`` mid-write).
+
+    A file is stale when its writer ran on this host and that PID is gone, or
+    when its writer cannot be checked and the file is over an hour old. Files
+    of live writers (other runs of a sweep, a second sweep) are never touched.
+    Returns the files removed.
+    """
+    removed = []
+    for name in TEMPORARY_FOLDERS:
+        folder = Path(results_dir) / name
+        for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else ():
+            if _is_stale(path):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _is_stale(path: Path) -> bool:
+    match = _TEMPORARY_NAME.match(path.name)
+    if match and match["host"] == _host_key():
+        return not _pid_alive(int(match["pid"]))
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        return time.time() - path.stat().st_mtime > STALE_TEMPORARY_SECONDS
+    except FileNotFoundError:  # its writer renamed it meanwhile
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """A record file as read: its record when usable, else why not.
+
+    ``newer`` marks a record written by a newer harness (a higher
+    ``schema_version``): unreadable here, but not to be overwritten either.
+    """
+
+    path: Path
+    record: dict[str, Any] | None = None
+    problem: str | None = None
+    newer: bool = False
+
+    @property
+    def absent(self) -> bool:
+        return self.record is None and self.problem is None
+
+
+def inspect_record(path: str | Path) -> RecordFile:
+    """Read one run record and say what is wrong with it: truncated or invalid JSON, not an object, a
+    newer ``schema_version`` than :data:`SCHEMA_VERSION`, or a field missing that every reader needs."""
+    return inspect_json(path, ESSENTIAL_FIELDS, versioned=True)
+
+
+def inspect_json(path: str | Path, required: tuple[str, ...], versioned: bool = False) -> RecordFile:
+    """Read a JSON object the harness wrote (a run record, a study summary), or say why it cannot be used.
+
+    ``versioned``: the object carries ``schema_version``, and one newer than this harness's is refused
+    before its fields are checked (a newer schema may have renamed them).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return RecordFile(path)
+    except (OSError, UnicodeDecodeError) as error:
+        return RecordFile(path, problem=f"unreadable ({error})")
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as error:
+        return RecordFile(path, problem=f"truncated or invalid JSON ({error})")
+    if not isinstance(found, dict):
+        return RecordFile(path, problem=f"not a JSON object (a {type(found).__name__})")
+    version = found.get("schema_version")
+    if versioned and isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        return RecordFile(
+            path,
+            problem=f"schema_version {version} is newer than this harness's {SCHEMA_VERSION} (upgrade the harness)",
+            newer=True,
+        )
+    missing = [field for field in required if field not in found]
+    if missing:
+        return RecordFile(path, problem=f"missing required fields: {', '.join(missing)}")
+    return RecordFile(path, found)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at path, or None when absent or unusable (see :func:`inspect_record`)."""
+    return inspect_record(path).record
 
 
 def is_done(results_dir: str | Path, rid: str) -> bool:
+    """A usable record of this run finished (success or pruned); a bad or newer record is not done."""
     record = read_record(record_path(results_dir, rid))
     return bool(record) and record.get("status") in FINISHED_STATUSES
 
 
-def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every readable record under results_dir/runs, in file-name order."""
+def scan_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[RecordFile]]:
+    """Every usable record under results_dir/runs in file-name order, and the files skipped, with why."""
     folder = runs_dir(results_dir)
-    records = (read_record(p) for p in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
-    return [r for r in records if r is not None]
+    files = [inspect_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [f.record for f in files if f.record is not None], [f for f in files if f.problem is not None]
+
+
+def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every usable record under results_dir/runs, in file-name order; bad files are left out silently
+    (:func:`scan_records` says which and why)."""
+    return scan_records(results_dir)[0]
 
 
 def missing_fields(record: dict[str, Any]) -> list[str]:

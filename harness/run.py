@@ -39,6 +39,17 @@ class RunFailed(RuntimeError):
         self.record = record
 
 
+class RecordNotWritten(RuntimeError):
+    """Not even a failed record could be written (a full disk, a file-size limit): the run has no record.
+
+    Its text is one line naming the record's path and the OS error, for the CLI's ``error:`` line.
+    """
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"run record {path} could not be written: {error.strerror or error} ({type(error).__name__})")
+        self.path = path
+
+
 @dataclass
 class PreparedRun:
     """Everything known before the model loads."""
@@ -85,6 +96,7 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     )
     method_object = methods.build_method(cfg.method, context)
     methods.check_method(method_object, context)
+    models.check_weights(cfg.model)
     architecture = models.skeleton(cfg.model, num_labels, objective.head)
     names = [name for name, _ in architecture.named_modules()]
     methods.check_trains_something(architecture, method_object, context, cfg.method.name)
@@ -185,6 +197,8 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
 
     ``callbacks`` are extra Trainer callbacks (the study's trial reporter);
     one whose ``pruned`` is true after training makes the record ``pruned``.
+    A record that cannot be written becomes a small failed record saying why
+    (RunFailed), and when not even that can be written, RecordNotWritten.
     """
     callbacks = list(callbacks or [])
     record = records.started_record(prepared.cfg, prepared.run_id, prepared.identity)
@@ -192,14 +206,8 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
     try:
         _train_and_measure(prepared, record, work_dir, callbacks)
     except Exception as error:  # every failure becomes a record; Ctrl-C (BaseException) writes none
-        record.update(
-            status="failed",
-            error=f"{type(error).__name__}: {error}",
-            error_kind=error_kind(error),
-            traceback=traceback.format_exc().splitlines()[-TRACEBACK_TAIL_LINES:],
-            finished_at=datetime.now(timezone.utc).isoformat(),
-        )
-        records.write_record(prepared.record_path, record)
+        _mark_failed(record, error, traceback.format_exc().splitlines()[-TRACEBACK_TAIL_LINES:])
+        _write_failed(prepared.record_path, record, error)
         raise RunFailed(record) from error
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -209,5 +217,36 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
         pruned_at_step=pruned_at,
         finished_at=datetime.now(timezone.utc).isoformat(),
     )
-    records.write_record(prepared.record_path, record)
+    try:
+        records.write_record(prepared.record_path, record)
+    except OSError as error:  # the run finished but its record did not land: say so in a failed one
+        _mark_failed(record, error, [f"writing {prepared.record_path}: {type(error).__name__}: {error}"])
+        _write_failed(prepared.record_path, record, error)
+        raise RunFailed(record) from error
     return record
+
+
+def _mark_failed(record: dict[str, Any], error: BaseException, trace: list[str]) -> None:
+    record.update(
+        status="failed",
+        error=f"{type(error).__name__}: {error}",
+        error_kind=error_kind(error),
+        traceback=trace,
+        finished_at=datetime.now(timezone.utc).isoformat(),
+    )
+
+
+def _write_failed(path: Path, record: dict[str, Any], cause: BaseException) -> None:
+    """Write the failed record; when that fails (a full disk), try a smaller one (no learning curve, no
+    traceback), and when that fails too, raise RecordNotWritten: never a partial record."""
+    try:
+        records.write_record(path, record)
+        return
+    except OSError:
+        pass
+    small = {**record, "learning_curve": [], "traceback": []}
+    try:
+        records.write_record(path, small)
+    except OSError as error:
+        raise RecordNotWritten(path, error) from cause
+    record.update(small)

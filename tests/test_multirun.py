@@ -50,3 +50,41 @@ def test_running_out_of_memory_is_a_failed_record_and_the_sweep_goes_on(tmp_path
     assert by_size[huge]["status"] == "failed" and by_size[huge]["error_kind"] == "out_of_memory"
     assert "can't allocate memory" in by_size[huge]["error"] and by_size[huge]["traceback"]
     assert by_size[64]["status"] == "success"
+
+
+# One sweep, four jobs: three fail in the three ways a run can fail, one succeeds after two failures. Each job's
+# delta is a config of a group "scenario" that only this test adds to Hydra's search path; jobs run in this order.
+SCENARIOS = {
+    # lr 1e30, unclipped: the first update sends the loss to NaN.
+    "diverges": {"method": {"lr": 1e30}, "train": {"max_grad_norm": 1e30}},
+    # Eight token ids for a tokenizer of 30k: the embedding lookup raises IndexError in the first forward pass.
+    "raises": {"model": {"config_overrides": {"vocab_size": 8}}},
+    "ok": {},
+    # A 34 GB feed-forward layer, allocated when the model is built inside the run, under a 3 GB cap on the
+    # process's data (a bare worker holds about 1.6 GB): the allocation fails inside the run. Last in the sweep,
+    # because the basic launcher runs every job in one process and the cap stays for the jobs after it.
+    "runs_out_of_memory": {"memory_limit_gb": 3, "model": {"config_overrides": {"intermediate_size": 2**28}}},
+}
+
+
+def test_a_diverging_an_out_of_memory_and_a_raising_job_are_recorded_by_kind_and_the_others_finish(tmp_path):
+    folder = tmp_path / "scenarios" / "scenario"
+    folder.mkdir(parents=True)
+    for name, delta in SCENARIOS.items():
+        (folder / f"{name}.yaml").write_text("# @package _global_\n" + json.dumps(delta))
+    result = _multirun(
+        tmp_path / "results",
+        f"hydra.searchpath=[file://{tmp_path / 'scenarios'}]",
+        "+scenario=" + ",".join(SCENARIOS),
+        "budget.max_steps=3",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = list(_records(tmp_path / "results").values())
+    assert len(done) == 4
+    by_kind = {r.get("error_kind"): r for r in done}
+    assert set(by_kind) == {None, "non_finite_loss", "exception", "out_of_memory"}
+    assert by_kind[None]["status"] == "success"
+    assert all(by_kind[kind]["status"] == "failed" for kind in ("non_finite_loss", "exception", "out_of_memory"))
+    assert by_kind["non_finite_loss"]["config"]["method"]["lr"] == 1e30
+    assert by_kind["exception"]["error"].startswith("IndexError") and by_kind["exception"]["traceback"]
+    assert by_kind["out_of_memory"]["config"]["model"]["config_overrides"]["intermediate_size"] == 2**28

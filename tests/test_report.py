@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -810,3 +811,120 @@ def test_a_committed_report_from_before_the_change_is_regenerated_byte_for_byte(
     assert cli.main([str(copy)]) == 0
     for name in ("summary.csv", "tuning.csv", "failed_and_pruned.csv", "report.md", "summary.tex"):
         assert (copy / "report" / name).read_text() == (committed / "report" / name).read_text(), name
+
+
+# --- strings from records are data, never markup; bad files are named and left out -----------------------
+
+SCRIPT = "<script>alert(1)</script>"
+IMAGE = '"><img src=x onerror=alert(2)>'
+FRAME = "<iframe src=javascript:alert(3)></iframe>"
+PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "ul", "li", "img"}
+TABLE_TAGS = {"table", "caption", "thead", "tbody", "tr", "th", "td"}
+
+
+class _HTMLContent(HTMLParser):
+    """Tags, attributes and text of a page as a browser parses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attributes: list[tuple[str, str]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attributes += [(tag, name) for name, _ in attrs]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _with_markup(record: dict, method: str) -> dict:
+    """A record whose method, task, model and CPU names are markup (a hostile or careless config)."""
+    for key, value in (("method", method), ("task", IMAGE), ("model", FRAME)):
+        record[key] = record["config"][key]["name"] = value
+    record["environment"]["cpu"] = FRAME
+    return with_run_id(record)
+
+
+def test_strings_from_records_appear_escaped_in_html_and_inert_in_markdown(tmp_path):
+    results = tmp_path / "results"
+    recs = [_with_markup(synthetic_record("full", s, a), "full") for s, a in enumerate(ACCURACY["full"])]
+    recs += [_with_markup(synthetic_record("lora", s, a), SCRIPT) for s, a in enumerate(ACCURACY["lora"])]
+    failed = synthetic_record("ia3", 0, None, status="failed", error=f"ValueError: {SCRIPT}", error_kind="exception")
+    write_records(results, [*recs, _with_markup(failed, SCRIPT)])
+    (results / "runs" / f"{IMAGE}.json").write_text("[]")  # a file name from outside: listed as skipped
+    assert cli.main([str(results)]) == 0
+    page = (results / "report" / "report.html").read_text()
+    parsed = _HTMLContent()
+    parsed.feed(page)
+    assert parsed.tags <= PAGE_TAGS | TABLE_TAGS, parsed.tags - PAGE_TAGS - TABLE_TAGS
+    assert {(tag, name) for tag, name in parsed.attributes if name.startswith("on") or name == "src"} == {
+        ("img", "src")
+    }
+    text = "".join(parsed.text)
+    for markup in (SCRIPT, IMAGE, FRAME):
+        assert markup in text  # shown to the reader as the text it is
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page and "<iframe" not in page
+    markdown = (results / "report" / "report.md").read_text()
+    for tag in ("<script", "<img", "<iframe", "</script"):
+        assert tag not in markdown
+    assert (
+        "| &lt;script>alert(1)&lt;/script> |" in markdown and f"ValueError: {render.markdown_text(SCRIPT)}" in markdown
+    )
+
+
+def test_markdown_text_escapes_what_could_open_html_only():
+    assert render.markdown_text("<b>x</b> <!-- c --> <http://a> <0.001 a<b") == (
+        "&lt;b>x&lt;/b> &lt;!-- c --> &lt;http://a> <0.001 a&lt;b"
+    )
+
+
+def test_latex_captions_escape_every_special_character():
+    assert render._latex_text(r"a_b {x} $y$ 50% #1 & ~^\z") == (
+        r"a\_b \{x\} \$y\$ 50\% \#1 \& \textasciitilde{}\textasciicircum{}\textbackslash{}z"
+    )
+
+
+def test_bad_record_and_study_files_are_named_skipped_and_listed(tmp_path, capsys):
+    """Truncated, not an object, from a newer harness, missing fields: one warning each naming the file, the
+    report built from the rest, and the files listed at its end. A dead writer's temporary file is removed."""
+    results = tmp_path / "results"
+    recs = standard_records({"full": None, "lora": None})
+    write_records(results, recs)
+    runs, studies = results / "runs", results / "studies"
+    good = (runs / f"{recs[0]['run_id']}.json").read_text()
+    (runs / "truncated.json").write_text(good[: len(good) // 2])
+    (runs / "list.json").write_text("[1, 2]")
+    (runs / "newer.json").write_text(json.dumps({**recs[0], "schema_version": records.SCHEMA_VERSION + 1}))
+    (runs / "fields.json").write_text(json.dumps({k: v for k, v in recs[0].items() if k not in ("seed", "task")}))
+    studies.mkdir()
+    (studies / "torn.json").write_text('{"study": ')
+    (studies / "nameless.json").write_text("{}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = runs / f".abc.{records._host_key()}-{dead.pid}.x1y2z3.tmp"
+    leftover.write_text("{")
+    assert cli.main([str(results), "--formats", "md,csv,html"]) == 0
+    expected = {
+        "runs/fields.json": "missing required fields: task, seed",
+        "runs/list.json": "not a JSON object (a list)",
+        "runs/newer.json": f"schema_version {records.SCHEMA_VERSION + 1} is newer than this harness's "
+        f"{records.SCHEMA_VERSION} (upgrade the harness)",
+        "runs/truncated.json": "truncated or invalid JSON (",
+        "studies/nameless.json": "missing required fields: study",
+        "studies/torn.json": "truncated or invalid JSON (Expecting value",
+    }
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("warning: skipped ")]
+    assert len(warnings) == len(expected)
+    for name, problem in expected.items():
+        (line,) = [w for w in warnings if w.startswith(f"warning: skipped {results / name}: ")]
+        assert line.split(": ", 2)[2].startswith(problem), line
+    assert f"note: removed {leftover}, a temporary file its writer left behind" in err and not leftover.exists()
+    assert set(pd.read_csv(results / "report" / "summary.csv")["method"]) == {"full", "lora"}
+    markdown = (results / "report" / "report.md").read_text()
+    assert "From 6 run records (6 success); 6 files skipped (listed at the end)." in markdown
+    listed = markdown.split("## Skipped files")[1].strip().splitlines()[2:]
+    assert [line.split(":")[0] for line in listed] == [f"- {name}" for name in sorted(expected)]
+    assert "<h2>Skipped files</h2>" in (results / "report" / "report.html").read_text()

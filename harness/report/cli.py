@@ -2,7 +2,10 @@
 
 The report is a pure function of ``runs/*.json`` (and the tuned cells'
 ``studies/*.json``): running it twice gives the same files, and nothing in
-it is typed by hand.
+it is typed by hand. A file it cannot use (truncated, of a newer schema, ...)
+is named in a warning and listed in the report, never fatal; temporary files
+that dead writers left behind are removed before reading. Every string from
+a record is escaped in the HTML page.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.records import load_records
+from harness import records as run_records
 from harness.report import plots, render, summary, table
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -61,9 +64,10 @@ def build_report(
     results_dir: Path, out: Path | None, formats: list[str], reference: str
 ) -> tuple[list[Path], list[render.DisplayTable]]:
     """Writes the report's files; returns them and the main tables (printed by the command)."""
-    records = _load(results_dir)
+    records, skipped = _load(results_dir)
     frame = table.records_frame(records)
-    studies = summary.load_study_summaries(results_dir)
+    studies, bad_studies = summary.scan_study_summaries(results_dir)
+    skipped = _warn_about_skipped([*skipped, *bad_studies], results_dir)
     chosen = summary.quality_rows(frame, studies)
     methods = sorted(set(frame["method"]))
     if reference != "full" and reference not in methods:
@@ -80,26 +84,40 @@ def build_report(
     tables = render.display_tables(cells, reference) if not cells.empty else []
     figures = _figures(out / "plots", tables, cells, chosen, frame, tuning, studies, records)
     written += [path.with_suffix(s) for paths in figures.values() for path in paths for s in (".png", ".pdf")]
-    context = _Context(results_dir, records, frame, tables, tuning, unfinished, figures)
+    context = _Context(results_dir, records, frame, tables, tuning, unfinished, figures, skipped)
     writers = {"md": _write_markdown, "csv": _write_csv, "tex": _write_latex, "html": _write_html}
     for name in formats:
         written += writers[name](out, context, cells)
     return written, tables
 
 
-def _load(results_dir: Path) -> list[dict[str, Any]]:
+def _load(results_dir: Path) -> tuple[list[dict[str, Any]], list[run_records.RecordFile]]:
+    """The usable run records and the files skipped; temporary files left by dead writers are removed first."""
     if not Path(results_dir).is_dir():
         raise ReportError(f"RESULTS_DIR: {results_dir} is not a folder")
-    records = load_records(results_dir)
+    for path in run_records.sweep_stale_temporaries(results_dir):
+        print(f"note: removed {path}, a temporary file its writer left behind", file=sys.stderr)
+    records, skipped = run_records.scan_records(results_dir)
     if not records:
         raise ReportError(f"RESULTS_DIR: no readable run records in {Path(results_dir) / 'runs'}")
-    return records
+    return records, skipped
+
+
+def _warn_about_skipped(skipped: list[run_records.RecordFile], results_dir: Path) -> list[str]:
+    """One warning line per file left out, naming it and why; returns the same as lines for the report
+    (paths relative to the results folder, so the report does not depend on where the folder lies)."""
+    lines = []
+    for found in skipped:
+        print(f"warning: skipped {found.path}: {found.problem}", file=sys.stderr)
+        lines.append(f"{found.path.relative_to(results_dir).as_posix()}: {found.problem}")
+    return lines
 
 
 class _Context:
-    def __init__(self, results_dir, records, frame, tables, tuning, unfinished, figures):
+    def __init__(self, results_dir, records, frame, tables, tuning, unfinished, figures, skipped):
         self.results_dir, self.records, self.frame = Path(results_dir), records, frame
         self.tables, self.tuning, self.unfinished, self.figures = tables, tuning, unfinished, figures
+        self.skipped = skipped  # files left out, each "<path>: <why>"
 
 
 def _warn_about_mixed_settings(frame: pd.DataFrame) -> None:
@@ -225,15 +243,24 @@ def _counts(frame: pd.DataFrame) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in ("success", "pruned", "failed") if s in counts)
 
 
+SKIPPED_NOTE = "Files in the results folder that could not be used, and why; the report is built from the rest."
+
+
+def _skipped_count(context: _Context) -> str:
+    return f"; {len(context.skipped)} files skipped (listed at the end)" if context.skipped else ""
+
+
 def _write_markdown(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]:
-    lines = [f"# Report: {context.results_dir.name}", ""]
+    text = render.markdown_text
+    lines = [f"# Report: {text(context.results_dir.name)}", ""]
     lines += [
-        f"From {len(context.records)} run records ({_counts(context.frame)}). {_environment(context.records)}",
+        f"From {len(context.records)} run records ({_counts(context.frame)}){_skipped_count(context)}. "
+        f"{text(_environment(context.records))}",
         "",
     ]
     for display in context.tables:
-        lines += [f"## {display.title}", "", display.caption, "", render.markdown_table(display), ""]
-        lines += [f"- {note}" for note in display.notes] + [""]
+        lines += [f"## {text(display.title)}", "", text(display.caption), "", render.markdown_table(display), ""]
+        lines += [f"- {text(note)}" for note in display.notes] + [""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in context.figures.get(display.title, [])] + [""]
     if not context.tuning.empty:
         lines += [
@@ -248,6 +275,9 @@ def _write_markdown(out: Path, context: _Context, cells: pd.DataFrame) -> list[P
         lines += ["None.", ""]
     else:
         lines += [render.markdown_frame(_readable(context.unfinished, UNFINISHED_COLUMNS)), ""]
+    if context.skipped:
+        lines += ["## Skipped files", "", SKIPPED_NOTE, ""]
+        lines += [f"- {text(line)}" for line in context.skipped] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return [path]
@@ -286,7 +316,8 @@ def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style></head><body>"
     ]
     parts.append(
-        f"<h1>{title}</h1><p>From {len(context.records)} run records ({_counts(context.frame)}). "
+        f"<h1>{title}</h1><p>From {len(context.records)} run records ({_counts(context.frame)})"
+        f"{html.escape(_skipped_count(context))}. "
         f"{html.escape(_environment(context.records))}</p>"
     )
     for display in context.tables:
@@ -303,6 +334,9 @@ def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]
         if context.unfinished.empty
         else _readable(context.unfinished, UNFINISHED_COLUMNS).to_html(index=False, escape=True)
     )
+    if context.skipped:
+        parts += ["<h2>Skipped files</h2>", f"<p>{html.escape(SKIPPED_NOTE)}</p>"]
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in context.skipped) + "</ul>")
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))

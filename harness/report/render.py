@@ -8,6 +8,8 @@ columns there are, and how each reads and bolds, is columns.COLUMNS.
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -153,11 +155,22 @@ def _tuning_notes(rows: pd.DataFrame) -> list[str]:
 
 
 def markdown_table(table: DisplayTable) -> str:
-    cells = table.cells.where(~table.bold, "**" + table.cells + "**")
-    header = "| " + " | ".join(cells.columns) + " |"
+    shown = table.cells.map(markdown_text)
+    cells = shown.where(~table.bold, "**" + shown + "**")
+    header = "| " + " | ".join(markdown_text(c) for c in cells.columns) + " |"
     rule = "|" + "|".join("---" if a == "l" else "---:" for a in table.align) + "|"
     body = ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+# Where Markdown would pass raw HTML through: a tag, a closing tag, a comment or declaration, an autolink.
+_MARKUP_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def markdown_text(text: str) -> str:
+    """Text from records made inert in Markdown: renderers pass raw HTML through, so every ``<`` that could
+    open a tag, comment or autolink is written as ``&lt;`` (shown as ``<``); a bare ``<0.001`` stays."""
+    return _MARKUP_START.sub("&lt;", str(text))
 
 
 def latex_table(table: DisplayTable) -> str:
@@ -177,15 +190,33 @@ def latex_table(table: DisplayTable) -> str:
 
 
 def html_table(table: DisplayTable) -> str:
+    """The table as HTML; cells, headers and caption come from records, so all are escaped (pandas' Styler
+    writes them as they are unless told to)."""
     styler = table.cells.style.hide(axis="index").set_uuid(slug(table.title))  # stable ids: same records, same page
+    styler = styler.format(escape="html").format_index(escape="html", axis=1)
     styler = styler.apply(lambda _: table.bold.map(lambda b: "font-weight: bold" if b else ""), axis=None)
-    return styler.set_caption(table.caption).set_table_attributes('class="results"').to_html()
+    return styler.set_caption(html.escape(table.caption)).set_table_attributes('class="results"').to_html()
+
+
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}",
+}
+_LATEX_SPECIAL = re.compile("|".join(re.escape(c) for c in LATEX_SPECIALS))
 
 
 def _latex_text(text: str) -> str:
-    for raw, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        text = text.replace(raw, escaped)
-    return text
+    """A caption (task, metric, hardware names from records) as LaTeX text: every special character escaped
+    in one pass, so a name cannot open a group, a formula or a command."""
+    return _LATEX_SPECIAL.sub(lambda m: LATEX_SPECIALS[m.group()], text)
 
 
 def slug(text: str) -> str:
@@ -194,10 +225,10 @@ def slug(text: str) -> str:
 
 def markdown_frame(frame: pd.DataFrame) -> str:
     """A plain table of already formatted strings (tuning, failed runs)."""
-    header = "| " + " | ".join(frame.columns) + " |"
+    header = "| " + " | ".join(markdown_text(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = [
-        "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |"
+        "| " + " | ".join(markdown_text(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |"
         for row in frame.itertuples(index=False)
     ]
     return "\n".join([header, rule, *body])

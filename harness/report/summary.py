@@ -10,13 +10,13 @@ validation score chose them, so it is optimistically biased.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness import records
 from harness.report import columns, stats
 from harness.report.table import GROUP_AXES, SETTING_AXES
 
@@ -32,15 +32,14 @@ EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log scale where
 
 def load_study_summaries(results_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Each tuned cell's summary (``studies/*.json``, written by the sweeper), by study name."""
+    return scan_study_summaries(results_dir)[0]
+
+
+def scan_study_summaries(results_dir: str | Path) -> tuple[dict[str, dict[str, Any]], list[records.RecordFile]]:
+    """The usable study summaries by study name, and the files skipped (unreadable, not an object, no study)."""
     folder = Path(results_dir) / "studies"
-    summaries = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        summaries[summary["study"]] = summary
-    return summaries
+    found = [records.inspect_json(p, ("study",)) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return {f.record["study"]: f.record for f in found if f.record is not None}, [f for f in found if f.problem]
 
 
 def quality_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.DataFrame:
