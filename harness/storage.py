@@ -102,7 +102,7 @@ def open_storage(url: str, liveness: Liveness | None = None):
     raise AssertionError("unreachable")
 
 
-def check_storage(url: str, timeout_s: float = 5.0) -> None:
+def check_storage(url: str, timeout_s: float = 3.0) -> None:
     """Before a sweep starts: the URL names a known database whose driver is installed, the server answers,
     and an existing SQLite file is not held locked by another process. Writes nothing."""
     if not isinstance(url, str) or not url:
@@ -118,15 +118,15 @@ def check_storage(url: str, timeout_s: float = 5.0) -> None:
     try:
         parsed = make_url(url)
         parsed.get_dialect()
-    except (ArgumentError, ValueError):
-        raise ConfigError("hydra.sweeper.storage", f"{url!r} is not a database URL; must be {STORAGE_FORMS}") from None
-    except NoSuchModuleError:
+    except NoSuchModuleError:  # before ArgumentError, its base class
         scheme = url.split("://", 1)[0]
         raise ConfigError(
             "hydra.sweeper.storage",
             f"unknown database scheme {scheme!r}; use sqlite:///<path>, postgresql+psycopg://..., mysql+pymysql://... "
             "or journal:<path>",
         ) from None
+    except (ArgumentError, ValueError):
+        raise ConfigError("hydra.sweeper.storage", f"{url!r} is not a database URL; must be {STORAGE_FORMS}") from None
     except ImportError as error:
         raise ConfigError(
             "hydra.sweeper.storage",
