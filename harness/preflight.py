@@ -59,15 +59,14 @@ def check_command_line(arguments: list[str], config_dir: str) -> list[str]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir, version_base=None):
-            return _check_jobs(overrides, multirun, GlobalHydra.instance().config_loader())
+            return _check_jobs(overrides, multirun)
     finally:
         GlobalHydra.instance().clear()
 
 
-def _check_jobs(overrides: list[str], multirun: bool, loader: Any) -> list[str]:
+def _check_jobs(overrides: list[str], multirun: bool) -> list[str]:
     parsed = _parse(overrides)
     for override in parsed:
-        _check_group_choice(override, loader)
         if override.is_sweep_override() and not multirun:
             raise ConfigError(
                 override.get_key_element(), f"{override.input_line!r} sweeps several values; add -m to run each"
@@ -125,23 +124,10 @@ def _combinations(axes: list[list[str]]) -> Iterator[list[str]]:
     return (list(job) for job in itertools.product(*axes))
 
 
-def _check_group_choice(override: Any, loader: Any) -> None:
-    """``method=nope``: one line with the options and the closest one, instead of Hydra's listing."""
-    group = override.get_key_element().lstrip("+~")
-    if "." in group or not _is_group(loader, group) or override.is_delete():
-        return
-    options = loader.get_group_options(group)
-    for line in _values(override):
-        value = line.split("=", 1)[1]
-        if value not in ("null", *options):
-            raise ConfigError(
-                group, f"no option {value!r}{_did_you_mean(value, options)}; allowed: {', '.join(options)}"
-            )
+def _group_options(group: str) -> list[str]:
+    from hydra.core.global_hydra import GlobalHydra
 
-
-def _is_group(loader: Any, group: str) -> bool:
-    parent, _, name = group.rpartition("/")
-    return name in loader.list_groups(parent)
+    return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
 def _did_you_mean(value: str, options: list[str]) -> str:
@@ -168,8 +154,10 @@ def _composition_error(error: Exception, job: list[str]) -> ConfigError:
     if isinstance(cause, OmegaConfBaseException) and full_key:
         return ConfigError(full_key, _first_line(cause))
     missing = re.search(r"Could not find '([^']+)'", message)
-    if missing:
-        return ConfigError(missing.group(1).rsplit("/", 1)[0], f"no config {missing.group(1)!r}")
+    if missing:  # method=nope: one line with the options and the closest one, instead of Hydra's listing
+        group, _, value = missing.group(1).rpartition("/")
+        options = _group_options(group)
+        return ConfigError(group, f"no option {value!r}{_did_you_mean(value, options)}; allowed: {', '.join(options)}")
     ambiguous = re.search(r"Ambiguous value for argument '([^=']+)=", message)
     if ambiguous:
         return ConfigError(ambiguous.group(1), "sweeps several values; add -m to run each, or quote the value")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 from harness.config import ConfigError
 
 log = logging.getLogger("harness.study")
+# Optuna marks the heartbeat and the retry callback's readers experimental; a warning per trial is noise here.
+warnings.filterwarnings("ignore", message=r".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")
 JOURNAL_PREFIX = "journal:"
 STORAGE_FORMS = "an RDB URL (sqlite:///path.db, postgresql://...) or journal:<path> for a journal file"
 

@@ -410,7 +410,13 @@ def tell(study: Any, job: Job, liveness: storage_stage.Liveness | None = None) -
         study.tell(job.trial_number, float(value), skip_if_finished=True)
     else:
         study.tell(job.trial_number, state=TrialState.FAIL, skip_if_finished=True)
-    log.info("%s trial %d: %s %s", study.study_name, job.trial_number, status or "raised", job.assignments)
+    log.info(
+        "%s trial %d: %s %s",
+        study.study_name,
+        storage_stage.logical_number(current),
+        status or "raised",
+        job.assignments,
+    )
 
 
 def same_setting(study: Any, record: dict[str, Any]) -> bool:
