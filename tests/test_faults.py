@@ -54,11 +54,16 @@ def _workers(sweeper: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def sweep_with_kills(results_dir: Path, overrides: list[str], kills: int, seed: int, log: Path) -> dict[str, int]:
+def sweep_with_kills(
+    results_dir: Path, overrides: list[str], kills: int, seed: int, log: Path, sweeper_every: int = 0
+) -> dict[str, int]:
     """Run the sweep, SIGKILL a random worker at random moments (seeded) until ``kills`` were injected, and rerun
-    the command until it exits 0 with every kill done: what a user does after a crash."""
+    the command until it exits 0 with every kill done: what a user does after a crash. With ``sweeper_every``, every
+    so many kills hit the sweeper itself instead: its workers are orphaned, its trials go stale and are retried by
+    the rerun once their heartbeats stop."""
     rng = random.Random(seed)
     injected = launches = 0
+    seen: set[psutil.Process] = set()  # a killed sweeper's workers live on (orphans): the rerun starts at once
     with log.open("a") as out:
         while launches < kills + 6:
             launches += 1
@@ -71,19 +76,33 @@ def sweep_with_kills(results_dir: Path, overrides: list[str], kills: int, seed: 
             while process.poll() is None:
                 time.sleep(0.05)
                 workers = _workers(sweeper)
+                seen.update(workers)
                 if injected < kills and workers and time.monotonic() >= moment:
-                    victim = rng.choice(sorted(workers, key=lambda w: w.pid))
+                    hit_sweeper = sweeper_every and (injected + 1) % sweeper_every == 0
+                    victim = sweeper if hit_sweeper else rng.choice(sorted(workers, key=lambda w: w.pid))
                     try:
                         os.kill(victim.pid, signal.SIGKILL)
                         injected += 1
-                        out.write(f"\n### fault injection: SIGKILL worker {victim.pid} (kill {injected})\n")
+                        what = "sweeper" if hit_sweeper else "worker"
+                        out.write(f"\n### fault injection: SIGKILL {what} {victim.pid} (kill {injected})\n")
                         out.flush()
                     except ProcessLookupError:
                         pass
                     moment = time.monotonic() + rng.uniform(1.0, 6.0)
             if process.returncode == 0 and injected >= kills:
+                _stop(seen)
                 return {"kills": injected, "launches": launches}
+    _stop(seen)
     raise AssertionError(f"the sweep did not complete after {launches} launches; see {log}")
+
+
+def _stop(processes: set[psutil.Process]) -> None:
+    """Idle orphans of a killed sweeper wait for work that never comes: end them with the test."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 def check_nothing_lost(results_dir: Path, storage: str, seeds: tuple[int, ...] = (0,), n_trials: int = 4) -> dict:
@@ -135,7 +154,10 @@ def _report_builds(results_dir: Path) -> None:
 )
 def test_workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice(tmp_path, kills):
     results_dir = tmp_path / "results"
-    run = sweep_with_kills(results_dir, STUDY, kills, seed=14, log=tmp_path / "sweep.log")
+    # Among ten kills, every fourth hits the sweeper itself (two of ten).
+    run = sweep_with_kills(
+        results_dir, STUDY, kills, seed=14, log=tmp_path / "sweep.log", sweeper_every=4 if kills > 1 else 0
+    )
     figures = check_nothing_lost(results_dir, f"sqlite:///{results_dir / 'optuna.db'}")
     _report_builds(results_dir)
     print(f"fault injection: {json.dumps({**run, **figures})}")

@@ -12,7 +12,7 @@ from conftest import TINY, compose_config
 from harness import study, sweep
 from harness.config import ConfigError
 from harness.search import override_value
-from harness.storage import Liveness
+from harness.storage import Liveness, counted_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RANDOM = {"_target_": "optuna.samplers.RandomSampler"}
@@ -269,3 +269,20 @@ def test_a_tuned_key_set_on_the_command_line_is_refused(tmp_path):
     runner = make_sweep(tmp_path, FakeLauncher())
     with pytest.raises(ConfigError, match=r"method\.lr: is tuned in this study"):
         runner.plan([(["method=lora", "method.lr=1e-3"], {"method": "lora"})], fixed={"method.lr"})
+
+
+def test_a_trial_asked_past_n_trials_by_a_concurrent_sweeper_is_closed_unrun(tmp_path):
+    """Two sweepers that both counted n_trials - 1 ask at once: the later trial is closed unrun (FAIL, marked
+    surplus), is not launched, and does not count; the summary says so."""
+    runner = make_sweep(tmp_path, FakeLauncher(), n_trials=2)
+    (cell,) = runner.plan([(["method=lora"], {"method": "lora"})])
+    opt_study = optuna.create_study(
+        study_name=cell.study_name, storage=runner._storage(cell.storage_url), direction=cell.direction
+    )
+    jobs = [runner._ask(cell, opt_study) for _ in range(3)]  # _ask alone: the count check raced and passed
+    assert jobs[0] is not None and jobs[1] is not None and jobs[2] is None
+    third = opt_study.get_trials(deepcopy=False)[2]
+    assert third.state.name == "FAIL" and third.user_attrs["surplus"] is True
+    assert len(counted_trials(opt_study.get_trials(deepcopy=False))) == 2
+    summary = study.cell_summary(opt_study, {}, {}, [], tmp_path, {})
+    assert (summary["trials"], summary["attempts"], summary["surplus"], summary["states"]["fail"]) == (2, 3, 1, 0)

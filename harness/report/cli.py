@@ -193,6 +193,7 @@ TUNING_COLUMNS = {
     "complete": "Complete",
     "pruned": "Pruned",
     "failed": "Failed",
+    "retries": "Retried",  # attempts re-run after their worker died (shown when a study has any)
     "best_trial": "Best trial",
     "best_value": "Best val.",
     "best_params": "Best parameters",
@@ -213,8 +214,13 @@ UNFINISHED_COLUMNS = {
 }
 
 
+# Columns shown only when the frame has them (a figure most reports never have).
+OPTIONAL_COLUMNS = ("retries",)
+
+
 def _readable(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    shown = frame.reindex(columns=list(columns)).rename(columns=columns)
+    kept = [c for c in columns if c in frame.columns or c not in OPTIONAL_COLUMNS]
+    shown = frame.reindex(columns=kept).rename(columns=columns)
     return shown.map(_cell_text)
 
 

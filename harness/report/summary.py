@@ -214,7 +214,13 @@ def tuning_rows(frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> pd.D
                 "tuning_tokens": cost.get("train_tokens"),
             }
         )
-    return pd.DataFrame(rows).sort_values(["task", "budget", "label"]) if rows else pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).sort_values(["task", "budget", "label"]) if rows else pd.DataFrame(rows)
+    retries = [summary.get("retries") or 0 for summary in studies.values()]
+    if any(retries):  # trials whose worker died and ran again (harness.sweep); a column only where there were some
+        frame.insert(frame.columns.get_loc("failed") + 1, "retries", [
+            (studies[name].get("retries") or 0) for name in frame["study"]
+        ])  # fmt: skip
+    return frame
 
 
 def params_text(params: dict[str, Any]) -> str:
