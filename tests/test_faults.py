@@ -7,6 +7,7 @@ The long loop (ten kills) is marked slow (``make test-slow``); one kill runs in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -99,10 +100,8 @@ def sweep_with_kills(
 def _stop(processes: set[psutil.Process]) -> None:
     """Idle orphans of a killed sweeper wait for work that never comes: end them with the test."""
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.Error):
             process.kill()
-        except psutil.Error:
-            pass
 
 
 def check_nothing_lost(results_dir: Path, storage: str, seeds: tuple[int, ...] = (0,), n_trials: int = 4) -> dict:
