@@ -21,6 +21,8 @@ from typing import Any
 from harness.config import ConfigError
 
 log = logging.getLogger("harness.study")
+# A trial's system attribute saying its heartbeat is being written (set by the sweeper right after its first beat).
+BEATING = "harness:heartbeat"
 # Optuna marks the heartbeat and the retry callback's readers experimental; a warning per trial is noise here.
 warnings.filterwarnings("ignore", message=r".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")
 JOURNAL_PREFIX = "journal:"

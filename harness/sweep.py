@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -292,9 +293,15 @@ class Sweep:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
+            # Optuna never fails a running trial without a heartbeat: one left by a sweep of an older harness, or
+            # whose sweeper died between its ask and its first beat. Past the grace period it is as dead.
+            old = datetime.now() - timedelta(seconds=self.settings.liveness.grace)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if not trial.system_attrs.get(storage_stage.BEATING) and trial.datetime_start < old:
+                    requeue(study, trial, self.settings.liveness, "running without a heartbeat past the grace period")
         elif at_start:
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                requeue(study, trial.number, self.settings.liveness, "left running by a killed sweep")
+                requeue(study, trial, self.settings.liveness, "left running by a killed sweep")
 
     def _next_trial(self, cell: Cell, study: Any) -> Job | None:
         """A queued retry, else a new trial while the study counts fewer than n_trials; None when done."""
@@ -310,16 +317,21 @@ class Sweep:
         return self._ask(cell, study)
 
     def _ask(self, cell: Cell, study: Any) -> Job | None:
-        """A trial from a sampler seeded by its trial number (resuming never changes what is sampled); a
-        queued retry comes first with its own parameters. None when another sweeper asked for the last one
+        """A trial from a sampler seeded by its place among the new trials (harness.sampling: resuming never
+        changes what is sampled, two sweepers never draw alike); a queued retry comes first with its own parameters. None when another sweeper asked for the last one
         at the same moment: that surplus trial is closed unrun."""
-        seed = self.settings.sampler_seed + len(storage_stage.counted_trials(study.get_trials(deepcopy=False)))
-        study.sampler = study_stage.instantiate_component(self.settings.sampler, "hydra.sweeper.sampler", seed=seed)
+        from harness.sampling import TrialSeededSampler
+
+        study.sampler = TrialSeededSampler(
+            lambda seed: study_stage.instantiate_component(self.settings.sampler, "hydra.sweeper.sampler", seed=seed),
+            self.settings.sampler_seed,
+        )
         with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize
             warnings.simplefilter("ignore")
             trial = study.ask(cell.space.distributions)
         if storage_stage.heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(_trial_id(trial))  # alive from the ask, before its worker starts
+            study._storage.set_trial_system_attr(_trial_id(trial), storage_stage.BEATING, True)
         frozen = study._storage.get_trial(_trial_id(trial))
         if storage_stage.retried_number(frozen) is None and self._is_surplus(study, frozen.number):
             trial.set_user_attr("surplus", True)
@@ -344,13 +356,24 @@ class Sweep:
             return []
         best = study.best_trial
         assignments = best.user_attrs.get("assignments") or cell.space.assignments(best.params)
+        number = storage_stage.logical_number(best)  # the trial records' number for it
         jobs = [
-            Job(self._job_overrides(cell, assignments, "final", seed, trial=best.number), assignments, seed=seed)
+            Job(self._job_overrides(cell, assignments, "final", seed, trial=number), assignments, seed=seed)
             for seed in self.settings.seeds
         ]
         width = self.settings.width
-        for start in range(0, len(jobs), width):
-            self._launch(jobs[start : start + width])
+        for attempt in range(1 + self.settings.liveness.max_retry):  # a final whose worker died runs again
+            pending = [job for job in jobs if job.result == LOST or (attempt == 0 and job.result is None)]
+            if not pending:
+                break
+            if attempt:
+                log.warning("%s: %d finals lost with their workers; running them again", cell.study_name, len(pending))
+            for start in range(0, len(pending), width):
+                self._launch(pending[start : start + width])
+        lost = [job.seed for job in jobs if job.result == LOST]
+        if lost:
+            log.error("%s: finals of seeds %s lost with their workers %d times; rerun the sweep", cell.study_name,
+                      lost, 1 + self.settings.liveness.max_retry)  # fmt: skip
         return [job.result for job in jobs if isinstance(job.result, dict)]
 
 
@@ -366,13 +389,25 @@ def optuna_fail() -> Any:
     return TrialState.FAIL
 
 
-def requeue(study: Any, number: int, liveness: storage_stage.Liveness, why: str) -> None:
-    """Fail a trial whose worker is gone and queue it again with its parameters (Optuna's retry callback,
-    the one a stale heartbeat triggers), so the next ask runs it."""
-    study.tell(number, state=optuna_fail(), skip_if_finished=True)
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+def requeue(study: Any, trial: Any, liveness: storage_stage.Liveness, why: str) -> None:
+    """Fail a trial whose worker is gone and queue it again with its parameters (Optuna's retry callback, the
+    one a stale heartbeat triggers), so the next ask runs it. Only the sweeper whose update closes the trial
+    queues it: another that closed it first has queued it already."""
+    import optuna
+
+    try:
+        if not study._storage.set_trial_state_values(_trial_id(trial), state=optuna_fail()):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    frozen = study._storage.get_trial(_trial_id(trial))
     liveness.retry_callback()(study, frozen)
-    log.warning("%s trial %d: %s; queued again with its parameters", study.study_name, number, why)
+    attempts = len(frozen.system_attrs.get("retry_history", [])) + 1
+    number = storage_stage.logical_number(frozen)
+    if attempts > liveness.max_retry:
+        log.error("%s trial %d: %s; not retried after %d attempts", study.study_name, number, why, attempts)
+    else:
+        log.warning("%s trial %d: %s; queued again with its parameters", study.study_name, number, why)
 
 
 def tell(study: Any, job: Job, liveness: storage_stage.Liveness | None = None) -> None:
@@ -380,21 +415,29 @@ def tell(study: Any, job: Job, liveness: storage_stage.Liveness | None = None) -
     whose worker died is queued again. A trial another sweeper already declared dead keeps that verdict: its
     retry finds this job's record (same run_id) instead of training again."""
     import optuna
+
+    current = next(t for t in study.get_trials(deepcopy=False) if t.number == job.trial_number)
+    if current.state.is_finished():
+        log.warning("%s trial %d: already closed (%s) by another sweeper", study.study_name,
+                    storage_stage.logical_number(current), current.state.name)  # fmt: skip
+        return
+    if job.result == LOST:
+        requeue(study, current, liveness or storage_stage.Liveness(), "its worker died")
+        return
+    try:
+        status = _tell(study, job)
+    except optuna.exceptions.UpdateFinishedTrialError:  # another sweeper declared it dead meanwhile
+        log.warning("%s trial %d: closed by another sweeper meanwhile", study.study_name,
+                    storage_stage.logical_number(current))  # fmt: skip
+        return
+    log.info("%s trial %d: %s %s", study.study_name, storage_stage.logical_number(current), status, job.assignments)
+
+
+def _tell(study: Any, job: Job) -> str:
+    import optuna
     from optuna.trial import TrialState
 
     record = job.result
-    current = next(t for t in study.get_trials(deepcopy=False) if t.number == job.trial_number)
-    if current.state.is_finished():
-        log.warning(
-            "%s trial %d: already closed (%s) by another sweeper",
-            study.study_name,
-            job.trial_number,
-            current.state.name,
-        )
-        return
-    if record == LOST:
-        requeue(study, job.trial_number, liveness or storage_stage.Liveness(), "its worker died")
-        return
     trial = optuna.trial.Trial(study, job.trial_id)
     trial.set_user_attr("assignments", job.assignments)
     if record is not None:
@@ -403,20 +446,13 @@ def tell(study: Any, job: Job, liveness: storage_stage.Liveness | None = None) -
     value = ((record or {}).get("primary_metric") or {}).get("validation")
     if record is not None and not same_setting(study, record):
         study.tell(job.trial_number, state=TrialState.FAIL, skip_if_finished=True)
-        return
-    if status == "pruned":
+    elif status == "pruned":
         study.tell(job.trial_number, state=TrialState.PRUNED, skip_if_finished=True)
     elif status == "success" and value is not None and math.isfinite(value):
         study.tell(job.trial_number, float(value), skip_if_finished=True)
     else:
         study.tell(job.trial_number, state=TrialState.FAIL, skip_if_finished=True)
-    log.info(
-        "%s trial %d: %s %s",
-        study.study_name,
-        storage_stage.logical_number(current),
-        status or "raised",
-        job.assignments,
-    )
+    return status or "raised"
 
 
 def same_setting(study: Any, record: dict[str, Any]) -> bool:

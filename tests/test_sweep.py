@@ -220,6 +220,8 @@ def test_two_sweepers_on_one_storage_never_run_a_trial_twice(tmp_path):
         thread.join(timeout=120)
     assert not errors and len(summaries) == 2
     assert sorted(launched) == [str(n) for n in range(6)]  # every trial once, none twice
+    drawn = [tuple(sorted(method_values(j).items())) for runner in sweepers for j in runner.launch.trials()]
+    assert len(set(drawn)) == 6  # and no two with the same parameters: each trial's sampler has its own seed
     assert all(runner.launch.trials() for runner in sweepers)  # both took part
     for summary in summaries:
         assert summary["trials"] == 6 and summary["states"]["complete"] == 6 and summary["states"]["running"] == 0
@@ -286,3 +288,51 @@ def test_a_trial_asked_past_n_trials_by_a_concurrent_sweeper_is_closed_unrun(tmp
     assert len(counted_trials(opt_study.get_trials(deepcopy=False))) == 2
     summary = study.cell_summary(opt_study, {}, {}, [], tmp_path, {})
     assert (summary["trials"], summary["attempts"], summary["surplus"], summary["states"]["fail"]) == (2, 3, 1, 0)
+
+
+def test_a_running_trial_without_heartbeat_past_the_grace_period_is_retried(tmp_path):
+    """A trial left RUNNING by a sweep of an older harness (or whose sweeper died before its first beat) has no
+    heartbeat, which Optuna never declares stale: past the grace period the sweep fails it and runs it again."""
+    runner = make_sweep(tmp_path, FakeLauncher(), n_trials=2)
+    (cell,) = runner.plan([(["method=lora"], {"method": "lora"})])
+    opt_study = optuna.create_study(
+        study_name=cell.study_name, storage=runner._storage(cell.storage_url), direction=cell.direction
+    )
+    with pytest.warns(UserWarning):  # Optuna: heartbeats are meant for study.optimize
+        orphan = opt_study.ask(cell.space.distributions)  # RUNNING, no heartbeat ever recorded
+    time.sleep(FAST.grace + 0.5)
+    runner.run([cell])
+    trials = load(cell).trials
+    assert trials[0].state.name == "FAIL" and len(counted_trials(trials)) == 2
+    retried = [t for t in trials if study.retried_number(t) == orphan.number]
+    assert len(retried) == 1 and retried[0].params == orphan.params and retried[0].state.name == "COMPLETE"
+
+
+def test_a_final_whose_worker_died_runs_again(tmp_path):
+    lost = []
+
+    def loses_first_final(job):
+        if job["role"] == "final" and not lost:
+            lost.append(job["seed"])
+            return sweep.LOST
+        return {"status": "success", "validation": 0.5}
+
+    launch = FakeLauncher(loses_first_final)
+    _, (summary,) = run_sweep(tmp_path, launch, n_trials=2)
+    assert sorted(j["seed"] for j in launch.finals()) == ["0", "0", "1"]
+    assert sorted(f["seed"] for f in summary["finals"]) == [0, 1]
+
+
+def test_a_dead_trial_is_queued_again_once_whoever_notices(tmp_path):
+    """Two sweepers noticing the same dead trial: only the one whose update closes it queues the retry."""
+    runner = make_sweep(tmp_path, FakeLauncher(), n_trials=2)
+    (cell,) = runner.plan([(["method=lora"], {"method": "lora"})])
+    opt_study = optuna.create_study(
+        study_name=cell.study_name, storage=runner._storage(cell.storage_url), direction=cell.direction
+    )
+    job = runner._ask(cell, opt_study)
+    running = opt_study.get_trials(deepcopy=False)[0]
+    sweep.requeue(opt_study, running, FAST, "its worker died")
+    sweep.requeue(opt_study, running, FAST, "its worker died")  # the second sweeper, a moment later
+    waiting = [t for t in opt_study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert job is not None and len(waiting) == 1 and study.retried_number(waiting[0]) == 0
