@@ -7,9 +7,13 @@ while in a multirun the sweep goes on to the next job.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from datetime import datetime, timezone
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from harness import distributed
 from harness.data.catalog import register_tasks
 from harness.paths import config_dir
 
@@ -104,6 +109,8 @@ def run_one(cfg: DictConfig) -> dict | None:
     except OmegaConfBaseException as error:
         raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
+    if not distributed.is_main_process():
+        log.setLevel(logging.WARNING)  # rank 0 tells the run's progress and summary; the others only what goes wrong
     _quiet_libraries()
     _apply_memory_limit(cfg.get("memory_limit_gb"))
     from harness.run import RunFailed, execute, prepare
@@ -113,6 +120,8 @@ def run_one(cfg: DictConfig) -> dict | None:
     if not cfg.force and records.is_done(cfg.results_dir, rid):
         log.info("skip %s: already succeeded (%s); force=true reruns it", rid, path)
         return records.read_record(path)
+    if distributed.starts_processes(cfg):
+        return _run_on_processes(prepared)
     callbacks = []
     if cfg.role == "trial":
         from harness.study import trial_reporter
@@ -125,8 +134,51 @@ def run_one(cfg: DictConfig) -> dict | None:
         if not _in_multirun():
             sys.exit(1)
         return error.record
+    if not os.environ.get(distributed.LAUNCHED_BY_HARNESS):  # else the process that started the ranks tells it
+        log.info("%s", _summary(record))
+    return record
+
+
+def _run_on_processes(prepared) -> dict:
+    """``distributed.nproc_per_node=N``: start the run's N ranks (torchrun) here, wait, and return the record rank 0
+    wrote; when the ranks ended without one (killed, or a rank other than 0 failed and torchrun stopped the
+    rest), a failed record saying so."""
+    from harness import records
+
+    cfg, rid, path = prepared.cfg, prepared.run_id, prepared.record_path
+    nproc = distributed.nproc_per_node(cfg)
+    started = datetime.now(timezone.utc).isoformat()
+    log.info("run %s on %d processes (torchrun --standalone --nproc_per_node=%d)", rid, nproc, nproc)
+    status = distributed.run_processes(cfg, nproc)
+    record = records.read_record(path)
+    if record is None or str(record.get("started_at") or "") < started:
+        record = records.started_record(cfg, rid, prepared.identity)
+        record["distributed"].update(world_size=nproc, launcher=distributed.HARNESS_LAUNCHER)
+        record.update(
+            status="failed",
+            error=f"RuntimeError: the run's {nproc} processes exited with status {status} before rank 0 wrote a record",
+            error_kind="exception",
+            traceback=[],
+            finished_at=datetime.now(timezone.utc).isoformat(),
+        )
+        records.write_record(path, record)
+    if record["status"] == "failed":
+        log.error("run %s failed: %s (recorded in %s)", rid, record["error"], path)
+        if not _in_multirun():
+            sys.exit(1)
+        return record
     log.info("%s", _summary(record))
     return record
+
+
+def _other_ranks_write_elsewhere(arguments: list[str]) -> list[str]:
+    """Ranks other than 0 write nothing under results_dir: their Hydra output folder (config copies, log file)
+    is a temporary one, removed when they exit."""
+    if distributed.rank() == 0:
+        return arguments
+    folder = tempfile.mkdtemp(prefix=f"harness-rank{distributed.rank()}-")
+    atexit.register(shutil.rmtree, folder, True)
+    return [*arguments, f"hydra.run.dir={folder}", f"hydra.sweep.dir={folder}", "hydra.output_subdir=null"]
 
 
 def refuse_renamed_groups(arguments: list[str]) -> None:
@@ -157,6 +209,7 @@ def run_config(cfg: DictConfig) -> dict | None:
 def main() -> None:
     """``harness-run``: Hydra's command line (sys.argv), after the check for renamed groups."""
     refuse_renamed_groups(sys.argv[1:])
+    sys.argv[1:] = _other_ranks_write_elsewhere(sys.argv[1:])
     run_config()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from harness import records
+from harness import distributed, records
 from harness.config import ConfigError, primary_metric
 
 JOURNAL_PREFIX = "journal:"
@@ -135,11 +135,18 @@ class TrialReporter(TrainerCallback):
         value = (metrics or {}).get(self.metric_key)
         if not self._training or state.global_step == 0 or value is None or not math.isfinite(value):
             return control
-        self.trial.report(float(value), state.global_step)
-        if self.trial.should_prune():
+        if distributed.from_main(self._report(float(value), state.global_step)):
             self.pruned_at_step = state.global_step
             control.should_training_stop = True
         return control
+
+    def _report(self, value: float, step: int) -> bool:
+        """Report to the trial and ask the pruner; on several processes rank 0 alone reports, and every rank
+        takes its answer (every rank sees the same gathered metrics, and all must stop together)."""
+        if not distributed.is_main_process():
+            return False
+        self.trial.report(value, step)
+        return self.trial.should_prune()
 
 
 def trial_reporter(cfg: DictConfig) -> TrialReporter:

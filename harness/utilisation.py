@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from harness import distributed
+
 # Input keys whose integer tensors are positions the model multiplies (DPO's chosen/rejected, SFT's ids, ...).
 TOKEN_KEY_SUFFIX = "input_ids"
 # Dense tensor-core peaks (FLOP/s, no structured sparsity) from the vendors' data sheets, by name fragment
@@ -151,6 +153,13 @@ def peak_flops_per_second(device: torch.device, precision: str) -> tuple[float |
     )
 
 
+def run_peak_flops_per_second(device: torch.device, precision: str) -> tuple[float | None, str]:
+    """The peak of the devices the run trained on: this process's, or on several processes the sum of every
+    rank's (each measured at the same moment on CPU, where the ranks share the machine's cores), so that
+    ``train_flops`` summed over ranks is set against the hardware that computed it. A collective."""
+    return distributed.combine_peaks(distributed.gather(peak_flops_per_second(device, precision)))
+
+
 def measure_cpu_peak(dtype: torch.dtype) -> float:
     """FLOP/s of the best of a few large matrix products: what this process's CPU threads can reach."""
     generator = torch.Generator().manual_seed(0)  # the run's global random stream stays untouched
@@ -170,7 +179,7 @@ def utilisation(train_flops: float | None, seconds: float, device: torch.device,
     if not train_flops or not seconds:
         return {"flops_per_second": None, "peak_flops_per_second": None, "peak_source": None, "mfu": None}
     achieved = train_flops / seconds
-    peak, source = peak_flops_per_second(device, precision)
+    peak, source = run_peak_flops_per_second(device, precision)
     return {
         "flops_per_second": achieved,
         "peak_flops_per_second": peak,
