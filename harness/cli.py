@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness import distributed
@@ -171,14 +171,22 @@ def _run_on_processes(prepared) -> dict:
     return record
 
 
-def _other_ranks_write_elsewhere(arguments: list[str]) -> list[str]:
-    """Ranks other than 0 write nothing under results_dir: their Hydra output folder (config copies, log file)
-    is a temporary one, removed when they exit."""
+_RANK_OUTPUT_DIRS: dict[str, str] = {}
+
+
+def rank_output_dir(path: str) -> str:
+    """Hydra's output folder (``hydra.run.dir``, ``hydra.sweep.dir``, through the resolver
+    ``harness.rank_output_dir``): ``path`` on rank 0 and in a single process; on the other ranks of a run, which
+    write nothing under results_dir, a temporary folder (config copies, log file), removed when they exit."""
     if distributed.rank() == 0:
-        return arguments
-    folder = tempfile.mkdtemp(prefix=f"harness-rank{distributed.rank()}-")
-    atexit.register(shutil.rmtree, folder, True)
-    return [*arguments, f"hydra.run.dir={folder}", f"hydra.sweep.dir={folder}", "hydra.output_subdir=null"]
+        return path
+    if path not in _RANK_OUTPUT_DIRS:
+        _RANK_OUTPUT_DIRS[path] = tempfile.mkdtemp(prefix=f"harness-rank{distributed.rank()}-")
+        atexit.register(shutil.rmtree, _RANK_OUTPUT_DIRS[path], True)
+    return _RANK_OUTPUT_DIRS[path]
+
+
+OmegaConf.register_new_resolver("harness.rank_output_dir", rank_output_dir, replace=True)
 
 
 def refuse_renamed_groups(arguments: list[str]) -> None:
@@ -209,7 +217,6 @@ def run_config(cfg: DictConfig) -> dict | None:
 def main() -> None:
     """``harness-run``: Hydra's command line (sys.argv), after the check for renamed groups."""
     refuse_renamed_groups(sys.argv[1:])
-    sys.argv[1:] = _other_ranks_write_elsewhere(sys.argv[1:])
     run_config()
 
 

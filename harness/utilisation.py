@@ -22,7 +22,8 @@ approximate where rows' lengths vary much. Online RL records no FLOPs
 is measured on CPU (the best of a few large matrix products in the run's
 precision, once per process) and taken from the vendor's dense (no
 sparsity) specification on a GPU; an unknown GPU gets no MFU rather than a
-guess.
+guess. On several processes (harness.distributed) each rank counts its own
+steps: ``train_flops`` is their sum and the peak the sum of the ranks' peaks.
 """
 
 from __future__ import annotations

@@ -88,8 +88,12 @@ def one_and_two(tmp_path_factory):
     _, single_s = _launch([sys.executable, "-m", "harness.cli"], single_dir)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     launched, ddp_s = _launch([*torchrun, "-m", "harness.cli"], ddp_dir)
-    print(f"\n1 process: {single_s:.1f} s; torchrun, 2 processes: {ddp_s:.1f} s (wall, start-up included)")
-    return _only_record(single_dir), _only_record(ddp_dir), ddp_dir, launched
+    single, ddp = _only_record(single_dir), _only_record(ddp_dir)
+    print(
+        f"\n1 process: {single_s:.1f} s wall, {single['time']['train_seconds']:.2f} s training; "
+        f"torchrun, 2 processes: {ddp_s:.1f} s wall, {ddp['time']['train_seconds']:.2f} s training"
+    )
+    return single, ddp, ddp_dir, launched
 
 
 @needs_gloo
@@ -190,12 +194,13 @@ def test_a_failing_rank_other_than_0_writes_no_failed_record(make_cfg, tmp_path,
 
 
 def test_other_ranks_send_hydra_s_output_to_a_temporary_folder(monkeypatch):
-    assert cli._other_ranks_write_elsewhere(["model=tiny_bert"]) == ["model=tiny_bert"]
+    cfg = compose_config(["results_dir=/somewhere"], return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith("/somewhere/hydra/run/")
+    assert cfg.hydra.sweep.dir.startswith("/somewhere/hydra/multirun/")
     monkeypatch.setattr(distributed, "rank", lambda: 1)
-    arguments = cli._other_ranks_write_elsewhere(["model=tiny_bert"])
-    folder = Path(arguments[1].split("=", 1)[1])
-    assert folder.is_dir() and folder.name.startswith("harness-rank1-")
-    assert arguments[2:] == [f"hydra.sweep.dir={folder}", "hydra.output_subdir=null"]
+    folder = Path(cli.rank_output_dir("/somewhere/hydra/run/x"))
+    assert folder.is_dir() and folder.name.startswith("harness-rank1-") and "somewhere" not in str(folder)
+    assert cli.rank_output_dir("/somewhere/hydra/run/x") == str(folder)  # the same folder at every resolution
 
 
 # --- the batch on several processes ------------------------------------------------------------------------------
@@ -416,3 +421,31 @@ def test_nproc_per_node_makes_harness_run_start_torchrun_itself(tmp_path, one_an
     assert record["distributed"]["world_size"] == 2
     assert _losses(record) == _losses(ddp)
     assert (done.stdout + done.stderr).count("success, accuracy") == 1
+
+
+def test_the_run_s_precision_wins_over_accelerate_launch_s(make_cfg, monkeypatch):
+    """``accelerate launch --mixed_precision bf16`` exports it to every rank; the Trainer would take it over fp32."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    args = training_arguments(make_cfg(*TINY), "unused", "fp32", _cpu())
+    assert args.mixed_precision == "no" and os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+def test_rank_0_s_clock_stops_every_rank_on_a_time_budget(make_cfg, monkeypatch):
+    """Ranks that stopped on their own clocks would wait for each other for ever: rank 0's decision is everyone's."""
+    from transformers import TrainerControl, TrainerState
+
+    callback = budget.BudgetCallback(make_cfg(*TINY, "budget.max_time_s=3600").budget)
+    callback.on_train_begin(None, TrainerState(), TrainerControl())
+    asked = []
+    monkeypatch.setattr(distributed, "from_main", lambda value: asked.append(value) or True)  # rank 0 ran out
+    control = callback.on_step_end(None, TrainerState(), TrainerControl())
+    assert asked == [False] and control.should_training_stop and callback.stop_reason == "max_time_s"
+
+
+def test_a_study_inside_torchrun_is_refused(monkeypatch):
+    from hydra_plugins.harness_study_sweeper.study_sweeper import refuse_inside_a_launch
+
+    refuse_inside_a_launch()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^hydra/sweeper: study runs inside a launch of 2 processes"):
+        refuse_inside_a_launch()
