@@ -81,13 +81,14 @@ def _losses(record: dict) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
-    """The same run in one process and under torchrun with two (gloo on CPU), each in its own results folder."""
+    """The same run in one process and under torchrun with two (gloo on CPU), each in its own results folder; the
+    two processes also accumulate (micro-batches of 2: each takes its 4 examples of a step in 2 passes)."""
     if not _gloo_available():
         pytest.skip("torch.distributed with the gloo backend is unavailable")
     single_dir, ddp_dir = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("ddp")
     _, single_s = _launch([sys.executable, "-m", "harness.cli"], single_dir)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    launched, ddp_s = _launch([*torchrun, "-m", "harness.cli"], ddp_dir)
+    launched, ddp_s = _launch([*torchrun, "-m", "harness.cli", "budget.micro_batch_size=2"], ddp_dir)
     single, ddp = _only_record(single_dir), _only_record(ddp_dir)
     print(
         f"\n1 process: {single_s:.1f} s wall, {single['time']['train_seconds']:.2f} s training; "
@@ -99,7 +100,7 @@ def one_and_two(tmp_path_factory):
 @needs_gloo
 def test_two_processes_train_as_one_with_the_same_global_batch(one_and_two):
     single, ddp, _, _ = one_and_two
-    assert ddp["run_id"] == single["run_id"]  # the world size is not part of the identity
+    assert ddp["run_id"] == single["run_id"]  # neither the world size nor the micro-batch is part of the identity
     steps = [step for step, _ in _losses(single)]
     assert steps == [step for step, _ in _losses(ddp)] == list(range(1, 9))
     differences = [abs(a - b) for (_, a), (_, b) in zip(_losses(single), _losses(ddp), strict=True)]
@@ -130,8 +131,8 @@ def test_the_record_says_how_the_run_was_spread(one_and_two):
     layout = ddp["distributed"]
     assert layout["world_size"] == 2 and layout["backend"] == "gloo" and layout["launcher"] == "torchrun"
     assert layout["strategy"] == "ddp" and layout["distributed_type"] == "MULTI_CPU"
-    assert (layout["per_device_train_batch_size"], layout["gradient_accumulation_steps"]) == (4, 1)
-    assert ddp["training"]["batch_size"] == 8 and ddp["memory"]["micro_batch_size"] == 4
+    assert (layout["per_device_train_batch_size"], layout["gradient_accumulation_steps"]) == (2, 2)
+    assert ddp["training"]["batch_size"] == 8 and ddp["memory"]["micro_batch_size"] == 2
     assert single["distributed"]["world_size"] == 1 and single["distributed"]["backend"] is None
     memory = ddp["memory"]
     for key in ("baseline_bytes", "train_peak_bytes", "eval_peak_bytes"):
@@ -141,7 +142,7 @@ def test_the_record_says_how_the_run_was_spread(one_and_two):
     assert single["memory"]["train_peak_bytes_per_rank"] == [single["memory"]["train_peak_bytes"]]
     compute = ddp["compute"]
     assert compute["flops_counted_steps"] == 2  # each rank counted its first pass; the rest scaled
-    assert compute["flops_counted_steps"] + compute["flops_scaled_steps"] == 2 * 8
+    assert compute["flops_counted_steps"] + compute["flops_scaled_steps"] == 2 * 8 * 2  # ranks × steps × passes
     assert compute["peak_source"].startswith("sum over 2 ranks")
     assert compute["mfu"] == pytest.approx(
         compute["train_flops"] / compute["seconds"] / compute["peak_flops_per_second"]
@@ -419,7 +420,8 @@ def test_nproc_per_node_makes_harness_run_start_torchrun_itself(tmp_path, one_an
     print(f"\nharness-run distributed.nproc_per_node=2: {seconds:.1f} s")
     assert record["distributed"]["launcher"] == distributed.HARNESS_LAUNCHER
     assert record["distributed"]["world_size"] == 2
-    assert _losses(record) == _losses(ddp)
+    for (step, loss), (ddp_step, ddp_loss) in zip(_losses(record), _losses(ddp), strict=True):
+        assert step == ddp_step and loss == pytest.approx(ddp_loss, abs=LOSS_TOLERANCE)
     assert (done.stdout + done.stderr).count("success, accuracy") == 1
 
 
