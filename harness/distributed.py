@@ -49,6 +49,8 @@ SHARDING_KEYS = ("fsdp", "deepspeed")
 # its schedule are train.* for every run, precision is train.precision (``auto`` lets the Trainer fill it in).
 DEEPSPEED_OWN_KEYS = ("optimizer", "scheduler")
 DEEPSPEED_PRECISION_KEYS = ("bf16", "fp16", "amp")
+# What the launcher exported, as this process started (libraries set some of these variables later).
+_LAUNCH_ENVIRONMENT = frozenset(key for key in os.environ if key.startswith(("ACCELERATE_", "TORCHELASTIC_")))
 # Memory fields that are a rank's own peak or baseline: the record gives the largest rank's, plus sum and list.
 RANKED_MEMORY_KEYS = ("baseline_bytes", "train_peak_bytes", "eval_peak_bytes")
 
@@ -106,9 +108,9 @@ def launcher() -> str | None:
         return None
     if os.environ.get(LAUNCHED_BY_HARNESS):
         return HARNESS_LAUNCHER
-    if "ACCELERATE_DYNAMO_BACKEND" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
+    if {"ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_MIXED_PRECISION"} & _LAUNCH_ENVIRONMENT:
         return "accelerate launch"
-    if "TORCHELASTIC_RUN_ID" in os.environ:
+    if "TORCHELASTIC_RUN_ID" in _LAUNCH_ENVIRONMENT:
         return "torchrun"
     return "environment (WORLD_SIZE, RANK)"
 

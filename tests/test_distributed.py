@@ -451,3 +451,20 @@ def test_a_study_inside_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"^hydra/sweeper: study runs inside a launch of 2 processes"):
         refuse_inside_a_launch()
+
+
+def test_the_launcher_is_named_from_what_it_exported(monkeypatch):
+    """accelerate launch starts torchrun's agent too: its own variables come first (accelerate launch --multi_gpu
+    --num_processes 2 of the tiny BERT, run by hand, recorded ``accelerate launch``)."""
+    assert distributed.launcher() is None  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cases = [
+        (set(), "environment (WORLD_SIZE, RANK)"),
+        ({"TORCHELASTIC_RUN_ID"}, "torchrun"),
+        ({"TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION"}, "accelerate launch"),
+    ]
+    for exported, name in cases:
+        monkeypatch.setattr(distributed, "_LAUNCH_ENVIRONMENT", frozenset(exported))
+        assert distributed.launcher() == name
+    monkeypatch.setenv(distributed.LAUNCHED_BY_HARNESS, "1")
+    assert distributed.launcher() == distributed.HARNESS_LAUNCHER
