@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from harness import distributed
+
 # Training-side logs kept in the learning curve besides the loss: what RL objectives optimise and pay.
 CURVE_TRAIN_KEYS = ("score", "reward", "kl", "clip_fraction", "response_length", "completions/mean_length")
 # When only tokens or seconds bound a run, the Trainer still needs a step
@@ -35,19 +37,24 @@ def trainer_max_steps(budget: DictConfig) -> int:
     return int(budget.max_steps) if budget.get("max_steps") else UNBOUNDED_STEPS
 
 
-def micro_batch_size(budget: DictConfig) -> int:
-    """Examples per forward and backward pass: ``budget.micro_batch_size``, else the whole batch.
+def micro_batch_size(budget: DictConfig, world_size: int = 1) -> int:
+    """Examples per forward and backward pass: ``budget.micro_batch_size``, else a rank's whole share of the batch.
 
     It bounds peak memory and nothing else: gradients are accumulated over
-    ``budget.batch_size / micro_batch_size`` passes, so an optimizer step (one
-    budget step) still sees ``budget.batch_size`` examples.
+    ``budget.batch_size / (world_size × micro_batch_size)`` passes, so an
+    optimizer step (one budget step) still sees ``budget.batch_size`` examples,
+    ``batch_size / world_size`` on each of the run's processes
+    (:mod:`harness.distributed`). A micro-batch larger than a rank's share is
+    that share.
     """
-    return int(budget.get("micro_batch_size") or budget.batch_size)
+    share = int(budget.batch_size) // world_size
+    return min(int(budget.get("micro_batch_size") or share), share)
 
 
-def accumulation_steps(budget: DictConfig) -> int:
-    """Forward and backward passes per optimizer step (config.validate_budget checks the division is exact)."""
-    return int(budget.batch_size) // micro_batch_size(budget)
+def accumulation_steps(budget: DictConfig, world_size: int = 1) -> int:
+    """Forward and backward passes per optimizer step on each process (config.validate_budget and
+    config.validate_distributed check that the divisions are exact)."""
+    return int(budget.batch_size) // world_size // micro_batch_size(budget, world_size)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,7 +82,8 @@ class BudgetCallback(TrainerCallback):
         elapsed = time.perf_counter() - self._start - self.eval_seconds
         if self.max_train_tokens and state.num_input_tokens_seen >= self.max_train_tokens:
             self.stop_reason, control.should_training_stop = "max_train_tokens", True
-        elif self.max_time_s and elapsed >= self.max_time_s:
+        elif self.max_time_s and distributed.from_main(elapsed >= self.max_time_s):
+            # rank 0's clock decides for every rank: ranks that stopped apart would wait on each other for ever
             self.stop_reason, control.should_training_stop = "max_time_s", True
         return control
 
@@ -168,8 +176,15 @@ class TrialReporter(TrainerCallback):
         value = (metrics or {}).get(self.metric_key)
         if not self._training or state.global_step == 0 or value is None or not math.isfinite(value):
             return control
-        self.trial.report(float(value), state.global_step)
-        if self.trial.should_prune():
+        if distributed.from_main(self._report(float(value), state.global_step)):
             self.pruned_at_step = state.global_step
             control.should_training_stop = True
         return control
+
+    def _report(self, value: float, step: int) -> bool:
+        """Report to the trial and ask the pruner; on several processes rank 0 alone reports, and every rank
+        takes its answer (every rank sees the same gathered metrics, and all must stop together)."""
+        if not distributed.is_main_process():
+            return False
+        self.trial.report(value, step)
+        return self.trial.should_prune()

@@ -7,17 +7,22 @@ while in a multirun the sweep goes on to the next job.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from datetime import datetime, timezone
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness import distributed
 from harness.data.catalog import register_tasks
 from harness.paths import config_dir
 
@@ -115,6 +120,8 @@ def run_one(cfg: DictConfig) -> dict | None:
     except OmegaConfBaseException as error:
         raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
+    if not distributed.is_main_process():
+        log.setLevel(logging.WARNING)  # rank 0 tells the run's progress and summary; the others only what goes wrong
     _quiet_libraries()
     from harness.run import RecordNotWritten, RunFailed, execute, prepare
 
@@ -126,6 +133,8 @@ def run_one(cfg: DictConfig) -> dict | None:
         skip, earlier = _check_earlier(path)
         if skip:
             return earlier
+    if distributed.starts_processes(cfg):
+        return _run_on_processes(prepared)
     callbacks, beating = [], contextlib.nullcontext()
     if cfg.role == "trial":
         from harness.storage import heartbeats
@@ -148,6 +157,39 @@ def run_one(cfg: DictConfig) -> dict | None:
             sys.exit(1)
         log.error("run %s failed: %s", rid, error)
         return None
+    if not os.environ.get(distributed.LAUNCHED_BY_HARNESS):  # else the process that started the ranks tells it
+        log.info("%s", _summary(record))
+    return record
+
+
+def _run_on_processes(prepared) -> dict:
+    """``distributed.nproc_per_node=N``: start the run's N ranks (torchrun) here, wait, and return the record rank 0
+    wrote; when the ranks ended without one (killed, or a rank other than 0 failed and torchrun stopped the
+    rest), a failed record saying so."""
+    from harness import records
+
+    cfg, rid, path = prepared.cfg, prepared.run_id, prepared.record_path
+    nproc = distributed.nproc_per_node(cfg)
+    started = datetime.now(timezone.utc).isoformat()
+    log.info("run %s on %d processes (torchrun --standalone --nproc_per_node=%d)", rid, nproc, nproc)
+    status = distributed.run_processes(cfg, nproc)
+    record = records.read_record(path)
+    if record is None or str(record.get("started_at") or "") < started:
+        record = records.started_record(cfg, rid, prepared.identity)
+        record["distributed"].update(world_size=nproc, launcher=distributed.HARNESS_LAUNCHER)
+        record.update(
+            status="failed",
+            error=f"RuntimeError: the run's {nproc} processes exited with status {status} before rank 0 wrote a record",
+            error_kind="exception",
+            traceback=[],
+            finished_at=datetime.now(timezone.utc).isoformat(),
+        )
+        records.write_record(path, record)
+    if record["status"] == "failed":
+        log.error("run %s failed: %s (recorded in %s)", rid, record["error"], path)
+        if not _in_multirun():
+            sys.exit(1)
+        return record
     log.info("%s", _summary(record))
     return record
 
@@ -172,6 +214,24 @@ def _check_earlier(path) -> tuple[bool, dict | None]:
         log.info("skip %s: already succeeded (%s); force=true reruns it", earlier.record["run_id"], path)
         return True, earlier.record
     return False, None
+
+
+_RANK_OUTPUT_DIRS: dict[str, str] = {}
+
+
+def rank_output_dir(path: str) -> str:
+    """Hydra's output folder (``hydra.run.dir``, ``hydra.sweep.dir``, through the resolver
+    ``harness.rank_output_dir``): ``path`` on rank 0 and in a single process; on the other ranks of a run, which
+    write nothing under results_dir, a temporary folder (config copies, log file), removed when they exit."""
+    if distributed.rank() == 0:
+        return path
+    if path not in _RANK_OUTPUT_DIRS:
+        _RANK_OUTPUT_DIRS[path] = tempfile.mkdtemp(prefix=f"harness-rank{distributed.rank()}-")
+        atexit.register(shutil.rmtree, _RANK_OUTPUT_DIRS[path], True)
+    return _RANK_OUTPUT_DIRS[path]
+
+
+OmegaConf.register_new_resolver("harness.rank_output_dir", rank_output_dir, replace=True)
 
 
 def refuse_renamed_groups(arguments: list[str]) -> None:

@@ -9,6 +9,8 @@ that line and exits non-zero.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +28,7 @@ ROLES = ("run", "trial", "final")
 # Model settings that lower a safety default (harness.models): off unless a model config sets them to true.
 MODEL_SWITCHES = ("trust_remote_code", "allow_pickle_weights")
 STOP_RULES = ("max_steps", "max_train_tokens", "max_time_s")
+DDP_BACKENDS = (None, "nccl", "gloo", "mpi", "xccl", "hccl", "cncl", "mccl")  # TrainingArguments.ddp_backend
 # Method hyperparameters that must be positive integers wherever they appear.
 POSITIVE_INT_KEYS = (
     "r",
@@ -83,6 +86,78 @@ def validate_budget(budget: DictConfig) -> None:
             "budget.micro_batch_size",
             f"must be a positive integer dividing budget.batch_size={budget.batch_size}, or null (got {micro!r})",
         )
+
+
+def validate_distributed(cfg: DictConfig) -> None:
+    """The ``distributed`` preset, and the batch against the run's processes (harness.distributed).
+
+    ``budget.batch_size`` is the global batch of an optimizer step; each of the
+    world's processes takes an equal share of it, in passes of at most
+    ``budget.micro_batch_size``. The world size is the launcher's (``torchrun``,
+    ``accelerate launch``), else ``distributed.nproc_per_node``.
+    """
+    from harness import distributed
+
+    node = cfg.get("distributed")
+    if node is None:
+        return
+    nproc = node.get("nproc_per_node")
+    if not _is_positive(nproc, integer=True):
+        raise ConfigError("distributed.nproc_per_node", f"must be a positive integer (got {nproc!r})")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if distributed.launched() and nproc > 1 and nproc != local:
+        raise ConfigError(
+            "distributed.nproc_per_node",
+            f"is {nproc}, but a launcher started this run with {local} processes per node; set one of them only",
+        )
+    _require_choice("distributed.backend", node.get("backend"), DDP_BACKENDS)
+    world, budget = distributed.planned_world_size(cfg), cfg.budget
+    if budget.batch_size % world:
+        raise ConfigError(
+            "budget.batch_size",
+            f"{budget.batch_size} must divide by world size {world} (each process takes an equal share of the "
+            "global batch of an optimizer step)",
+        )
+    share, micro = budget.batch_size // world, budget.get("micro_batch_size")
+    if micro is not None and micro < share and share % micro:
+        raise ConfigError(
+            "budget.micro_batch_size",
+            f"must divide each process's share of the batch, budget.batch_size / world size = {share} (got {micro})",
+        )
+    sharding = [key for key in distributed.SHARDING_KEYS if node.get(key)]
+    if len(sharding) > 1:
+        raise ConfigError(
+            "distributed", "sets both fsdp and deepspeed; a preset shards one way (distributed=fsdp|zero3)"
+        )
+    if sharding and world == 1:
+        raise ConfigError(
+            f"distributed.{sharding[0]}",
+            f"shards the model over several processes, and this run has one; launch it with torchrun "
+            f"--nproc_per_node=N or set distributed.nproc_per_node (preset {node.get('name')!r})",
+        )
+    if node.get("deepspeed"):
+        _validate_deepspeed(node.deepspeed)
+
+
+def _validate_deepspeed(settings: DictConfig) -> None:
+    """A ZeRO run computes what the same run under DDP computes: the Trainer's optimizer, schedule and precision."""
+    from harness.distributed import DEEPSPEED_OWN_KEYS, DEEPSPEED_PRECISION_KEYS
+
+    for key in DEEPSPEED_OWN_KEYS:
+        if settings.get(key) is not None:
+            raise ConfigError(
+                f"distributed.deepspeed.{key}",
+                "is train.* for every run (the Trainer hands its own optimizer and schedule to DeepSpeed); remove it",
+            )
+    for key in DEEPSPEED_PRECISION_KEYS:
+        enabled = (settings.get(key) or {}).get("enabled", "auto")
+        if enabled != "auto":
+            raise ConfigError(
+                f"distributed.deepspeed.{key}.enabled",
+                f"must be auto: precision is train.precision for every run (got {enabled!r})",
+            )
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("distributed.deepspeed", "needs the deepspeed package, which is not installed")
 
 
 def _import_target(key: str, target: Any) -> type:
@@ -295,6 +370,7 @@ def validate_values(cfg: DictConfig) -> None:
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(key, f"must be true or false (got {cfg.get(key)!r})")
     validate_budget(cfg.budget)
+    validate_distributed(cfg)
     check_method_values(cfg.method)
     validate_model(cfg.model, cfg.method)
     validate_task(cfg.task)

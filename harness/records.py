@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import distributed
 from harness.config import primary_metric
 
 if TYPE_CHECKING:  # the report reads records without loading torch
@@ -55,6 +56,10 @@ NON_IDENTITY_KEYS = (
     "objective.precompute_ref_log_probs",
     # The same tensors read from a pickle instead of safetensors.
     "model.allow_pickle_weights",
+    # How many processes share an optimizer step and how the model is laid out on them (DDP, FSDP, ZeRO-3):
+    # budget.batch_size is the global batch whatever the world size, each process taking an equal share, so the
+    # same examples make the same step (harness.distributed). The record's ``distributed`` block says how it ran.
+    "distributed",
 )
 # Keys left out of the identity while they hold their default: added after records existed, so that adding
 # them orphans no finished run. Set otherwise they are part of it (remote code is other code).
@@ -95,7 +100,7 @@ ESSENTIAL_FIELDS = ("schema_version", "run_id", "status", "model", "task", "meth
 class SavedFiles:
     """What a finished run wrote beside its record: the trained tensors and the generations."""
 
-    trained_bytes: int
+    trained_bytes: int | None  # None in a rank other than 0, which saves nothing
     artifact_dir: str | None  # where the trained tensors are kept (keep_artifacts=true), else None
     samples_file: str | None  # ``<run_id>.samples.jsonl`` beside the record, None when there were no samples
 
@@ -130,6 +135,7 @@ def started_record(cfg: DictConfig, rid: str, identity: dict[str, Any]) -> dict[
         "learning_curve": [],
         "training": {},
         "data_sha256": identity["data_sha256"],
+        "distributed": distributed.launch_fields(cfg),
         "config": identity_config(cfg),
         "environment": {},
     }
@@ -166,11 +172,13 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
     from harness.models import quantization_of
 
     precision, spent = record["identity"]["precision"], fitted.spent
+    world = record["distributed"]["world_size"]
     settings = {
         "optimizer": cfg.train.optimizer,
         "precision": precision,
-        "batch_size": cfg.budget.batch_size,
-        "micro_batch_size": micro_batch_size(cfg.budget),  # at most this many examples per forward/backward pass
+        "batch_size": cfg.budget.batch_size,  # the global batch of an optimizer step, whatever the world size
+        # at most this many examples per forward/backward pass (on each process)
+        "micro_batch_size": micro_batch_size(cfg.budget, world),
         "max_seq_length": sequence_length(cfg),
     }
     metrics = {"validation": fitted.metrics["validation"], "test": fitted.metrics["test"]}
@@ -206,6 +214,7 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
             "data_seed": fitted.schedule.data_seed,
         },
         "samples_file": saved.samples_file,
+        "distributed": {**record["distributed"], **fitted.distributed},
         "primary_metric": {
             **record["primary_metric"],
             "validation": metrics["validation"].get(name),

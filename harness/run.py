@@ -22,8 +22,8 @@ from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
 
 from harness import budget as budget_stage
-from harness import data, measure, methods, models, records
-from harness.config import check_target_modules, validate
+from harness import data, distributed, measure, methods, models, records
+from harness.config import ConfigError, check_target_modules, validate
 from harness.objectives.base import FittedRun, RunInputs
 
 TRACEBACK_TAIL_LINES = 30
@@ -70,11 +70,18 @@ class PreparedRun:
 
 
 def build_objective(cfg: DictConfig):
-    """The objective object from its YAML (Hydra instantiate), checked against the task."""
+    """The objective object from its YAML (Hydra instantiate), checked against the task and the processes."""
     from hydra.utils import instantiate
 
     objective = instantiate(cfg.objective)
     objective.check(cfg)
+    world = distributed.planned_world_size(cfg)
+    if world > 1 and not objective.runs_across_processes:
+        raise ConfigError(
+            "objective",
+            f"{objective.name!r} runs in one process only (world size here: {world}); the objectives shown to "
+            "train on several processes as on one are: cls",
+        )
     return objective
 
 
@@ -106,6 +113,7 @@ def prepare(cfg: DictConfig) -> PreparedRun:
             methods_target = sorted(methods_target)
         check_target_modules(names, methods_target, f"method.{key}")
     device = _device()
+    distributed.check_device(cfg, device.type)
     identity = settled_identity(cfg, device, data_sha256)
     rid = records.run_id(cfg, identity)
     return PreparedRun(
@@ -125,7 +133,8 @@ def settled_identity(cfg: DictConfig, device: torch.device, data_sha256: dict[st
 
 
 def _device() -> torch.device:
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    """This process's device: on several processes each rank has its own GPU (its LOCAL_RANK)."""
+    return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _precision(requested: str, device: torch.device) -> str:
@@ -182,8 +191,13 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
 
 
 def _save(prepared: PreparedRun, fitted: FittedRun, work_dir: Path) -> records.SavedFiles:
-    """The trained tensors (kept under results/artifacts with keep_artifacts=true, else only measured) and the samples."""
+    """The trained tensors (kept under results/artifacts with keep_artifacts=true, else only measured) and the samples.
+
+    Rank 0 alone saves: every rank holds the same trained weights, and only rank 0 writes under results_dir.
+    """
     cfg = prepared.cfg
+    if not distributed.is_main_process():
+        return records.SavedFiles(trained_bytes=None, artifact_dir=None, samples_file=None)
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
     return records.SavedFiles(
         trained_bytes=_save_trained(fitted.model, artifact_dir),
@@ -199,6 +213,8 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
     one whose ``pruned`` is true after training makes the record ``pruned``.
     A record that cannot be written becomes a small failed record saying why
     (RunFailed), and when not even that can be written, RecordNotWritten.
+    On several processes every rank trains and returns the record, and rank 0
+    alone writes it (harness.distributed).
     """
     callbacks = list(callbacks or [])
     record = records.started_record(prepared.cfg, prepared.run_id, prepared.identity)
@@ -218,7 +234,7 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
         finished_at=datetime.now(timezone.utc).isoformat(),
     )
     try:
-        records.write_record(prepared.record_path, record)
+        _write(prepared.record_path, record)
     except OSError as error:  # the run finished but its record did not land: say so in a failed one
         _mark_failed(record, error, [f"writing {prepared.record_path}: {type(error).__name__}: {error}"])
         _write_failed(prepared.record_path, record, error)
@@ -240,13 +256,19 @@ def _write_failed(path: Path, record: dict[str, Any], cause: BaseException) -> N
     """Write the failed record; when that fails (a full disk), try a smaller one (no learning curve, no
     traceback), and when that fails too, raise RecordNotWritten: never a partial record."""
     try:
-        records.write_record(path, record)
+        _write(path, record)
         return
     except OSError:
         pass
     small = {**record, "learning_curve": [], "traceback": []}
     try:
-        records.write_record(path, small)
+        _write(path, small)
     except OSError as error:
         raise RecordNotWritten(path, error) from cause
     record.update(small)
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    """On several processes rank 0 alone writes (harness.distributed)."""
+    if distributed.is_main_process():
+        records.write_record(path, record)

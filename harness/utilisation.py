@@ -22,7 +22,8 @@ approximate where rows' lengths vary much. Online RL records no FLOPs
 is measured on CPU (the best of a few large matrix products in the run's
 precision, once per process) and taken from the vendor's dense (no
 sparsity) specification on a GPU; an unknown GPU gets no MFU rather than a
-guess.
+guess. On several processes (harness.distributed) each rank counts its own
+steps: ``train_flops`` is their sum and the peak the sum of the ranks' peaks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
+from harness import distributed
 
 # Input keys whose integer tensors are positions the model multiplies (DPO's chosen/rejected, SFT's ids, ...).
 TOKEN_KEY_SUFFIX = "input_ids"
@@ -151,6 +154,13 @@ def peak_flops_per_second(device: torch.device, precision: str) -> tuple[float |
     )
 
 
+def run_peak_flops_per_second(device: torch.device, precision: str) -> tuple[float | None, str]:
+    """The peak of the devices the run trained on: this process's, or on several processes the sum of every
+    rank's (each measured at the same moment on CPU, where the ranks share the machine's cores), so that
+    ``train_flops`` summed over ranks is set against the hardware that computed it. A collective."""
+    return distributed.combine_peaks(distributed.gather(peak_flops_per_second(device, precision)))
+
+
 def measure_cpu_peak(dtype: torch.dtype) -> float:
     """FLOP/s of the best of a few large matrix products: what this process's CPU threads can reach."""
     generator = torch.Generator().manual_seed(0)  # the run's global random stream stays untouched
@@ -170,7 +180,7 @@ def utilisation(train_flops: float | None, seconds: float, device: torch.device,
     if not train_flops or not seconds:
         return {"flops_per_second": None, "peak_flops_per_second": None, "peak_source": None, "mfu": None}
     achieved = train_flops / seconds
-    peak, source = peak_flops_per_second(device, precision)
+    peak, source = run_peak_flops_per_second(device, precision)
     return {
         "flops_per_second": achieved,
         "peak_flops_per_second": peak,

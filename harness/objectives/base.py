@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -26,7 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness import budget as budget_stage
-from harness import measure, methods, models, utilisation
+from harness import distributed, measure, methods, models, utilisation
 from harness.data import cap_eval
 
 # Evaluation prefixes (the Trainer's ``metric_key_prefix``) and the splits they score, in evaluation order.
@@ -85,6 +86,7 @@ class FittedRun:
     rank_allocation: dict[str, Any] | None  # AdaLoRA's final ranks (methods.rank_allocation); None for other methods
     schedule: TrainerSchedule
     samples: list[dict[str, Any]] = field(default_factory=list)  # generations kept beside the record
+    distributed: dict[str, Any] = field(default_factory=dict)  # backend, hosts, each process's batch (see fit)
 
 
 def _ignore(sizes: ModelSizes) -> None:
@@ -183,9 +185,15 @@ class DataOrderFingerprint:
         return getattr(self, "_step", 0) % every == 0
 
     def note_batch(self, content: bytes, examples: int) -> None:
-        """Fold one training batch into the fingerprint (a loop of its own, such as PPO's, calls this directly)."""
-        self.data_order_hash.update(content)
-        self.samples_trained += examples
+        """Fold one training batch into the fingerprint (a loop of its own, such as PPO's, calls this directly).
+
+        On several processes every rank's batch of this pass is folded in, in rank order: accelerate hands rank
+        ``r`` batch ``k * world_size + r`` of the seeded order, so the fingerprint (and the count) is the one a
+        single process computes on the same global batches.
+        """
+        for part, count in distributed.gather((content, examples)):
+            self.data_order_hash.update(part)
+            self.samples_trained += count
 
     def data_order_fingerprint(self) -> str | None:
         return self.data_order_hash.hexdigest() if self.samples_trained else None
@@ -228,6 +236,9 @@ class Objective(ABC):
     head: str = "causal_lm"  # or "sequence_classification"
     peft_task_type: str = "CAUSAL_LM"
     loss_from_model: bool = True  # the trainer's loss is the model's own (so PEFT can add terms to it, as AdaLoRA does)
+    # Trains on several processes as on one (harness.distributed), shown by a test that compares the two runs;
+    # an objective without such a test is refused there rather than trusted.
+    runs_across_processes: bool = False
 
     def __init__(self, name: str, task_types: list[str], **settings: Any):
         self.name = name
@@ -270,13 +281,14 @@ class Objective(ABC):
             sizes=sizes,
             held_weights_bytes=measure.tensor_bytes(trainer.model, *frozen),
             metrics={split: _scores(evaluated.get(prefix, {}), prefix) for prefix, split in HELD_OUT_SPLITS.items()},
-            memory=meter.as_record(),
+            memory=distributed.combine_memory(distributed.gather(meter.as_record())),
             final_eval_seconds=eval_clock.seconds,
             spent=_spending(budget, trainer, self.spending(inputs, trainer), inputs),
             learning_curve=budget.learning_curve,
             rank_allocation=methods.rank_allocation(trainer.model, _allocator_steps(callbacks), self.loss_from_model),
             schedule=TrainerSchedule(trainer.args.lr_scheduler_type, trainer.args.warmup_steps, trainer.args.data_seed),
             samples=self.samples(trainer),
+            distributed=_process_layout(trainer),
         )
 
     def _train_and_evaluate(
@@ -394,7 +406,7 @@ def _spending(
     FLOPs they cost against the device's peak (``TrainingFlops``; the CPU's peak is measured here, after
     training and evaluation, so that it disturbs neither their clocks nor their memory windows)."""
     spent = budget.spent(trainer.state)
-    flops = trainer.flop_tally.as_record()
+    flops = distributed.combine_flops(distributed.gather(trainer.flop_tally.as_record()))
     return Spending(
         **spent,
         samples=trainer.samples_trained,
@@ -405,6 +417,20 @@ def _spending(
         },
         by_objective=by_objective,
     )
+
+
+def _process_layout(trainer: Any) -> dict[str, Any]:
+    """How the run was laid out on its processes: the process group's backend, the machines, and what each
+    process took per optimizer step (``budget.batch_size / world_size`` examples in passes of the micro-batch)."""
+    accelerator = getattr(trainer, "accelerator", None)
+    return {
+        "backend": distributed.backend(),
+        # what accelerate made of the preset: NO, MULTI_CPU, MULTI_GPU (DDP), FSDP, DEEPSPEED
+        "distributed_type": getattr(getattr(accelerator, "distributed_type", None), "value", None),
+        "hosts": distributed.hosts(),
+        "per_device_train_batch_size": trainer.args.per_device_train_batch_size,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+    }
 
 
 def _allocator_steps(callbacks: list[Any]) -> int | None:
@@ -429,19 +455,23 @@ def training_arguments(
     ``budget.micro_batch_size`` bounds the examples per forward and backward
     pass, in training and in evaluation; gradients are accumulated so that an
     optimizer step, the unit the budget counts, still sees ``budget.batch_size``
-    examples.
+    examples. On several processes (:mod:`harness.distributed`) that is the
+    global batch: each process takes ``batch_size / world_size`` of it, and the
+    ``distributed`` preset adds its own arguments (backend, FSDP, DeepSpeed).
     """
     from transformers import TrainingArguments
 
     b, t = cfg.budget, cfg.train
+    world = distributed.world_size()
+    _override_launcher_precision(precision)
     step_bounded = bool(b.get("max_steps"))
     config_class = config_class or TrainingArguments
     shared = dict(
         output_dir=output_dir,
         max_steps=budget_stage.trainer_max_steps(b),
-        per_device_train_batch_size=budget_stage.micro_batch_size(b),
-        gradient_accumulation_steps=budget_stage.accumulation_steps(b),
-        per_device_eval_batch_size=budget_stage.micro_batch_size(b),
+        per_device_train_batch_size=budget_stage.micro_batch_size(b, world),
+        gradient_accumulation_steps=budget_stage.accumulation_steps(b, world),
+        per_device_eval_batch_size=budget_stage.micro_batch_size(b, world),
         learning_rate=cfg.method.lr,
         weight_decay=t.weight_decay,
         warmup_steps=int(t.warmup_ratio * b.max_steps) if step_bounded else 0,
@@ -462,7 +492,20 @@ def training_arguments(
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # a NaN loss must reach BudgetCallback and fail the run
         disable_tqdm=True,
+        **distributed.trainer_arguments(cfg),
     )
     if config_class is not TrainingArguments:
         shared["gradient_checkpointing"] = False
     return config_class(**{**shared, **extra})
+
+
+# What accelerate's ACCELERATE_MIXED_PRECISION means for each of the harness's precisions.
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def _override_launcher_precision(precision: str) -> None:
+    """``accelerate launch`` exports its config's mixed precision, which the Trainer would take over fp32: the
+    run's precision is ``train.precision`` (resolved), however the processes were started."""
+    wanted = ACCELERATE_PRECISION[precision]
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", wanted) != wanted:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = wanted

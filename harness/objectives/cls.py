@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, EvalPrediction, PrinterCallback, Trainer, TrainingArguments
 
 from harness import budget as budget_stage
-from harness import data, models
+from harness import data, distributed, models
 from harness.metrics import load_metric
 from harness.objectives.base import (
     HELD_OUT_SPLITS,
@@ -35,6 +36,26 @@ class ClassificationTrainer(EvaluationWindows, DataOrderFingerprint, TrainingFlo
         # whose forward takes **kwargs and trusts it to normalise over the whole accumulated batch; BERT's
         # classifier ignores it, and its accumulated loss (and gradient) would be the micro-batches' sum.
         self.model_accepts_loss_kwargs = False
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """On several processes, the loss is the mean cross-entropy of the gathered logits, as the metrics are.
+
+        Accelerate pads the last evaluation batches so that every rank gets one (repeating rows from the start)
+        and ``gather_for_metrics`` drops the repeats from the logits and labels; the Trainer's loss is the mean of
+        per-batch means, and a padded batch's mean counts the repeats. The logits' cross-entropy counts every
+        example once, as one process does.
+        """
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        key = f"{metric_key_prefix}_loss"
+        if distributed.world_size() > 1 and key in output.metrics and output.label_ids is not None:
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            loss = torch.nn.functional.cross_entropy(
+                torch.as_tensor(np.asarray(logits), dtype=torch.float32), torch.as_tensor(np.asarray(output.label_ids))
+            )
+            output.metrics[key] = loss.item()
+        return output
 
 
 def compute_metrics_for(task: DictConfig) -> Callable[[EvalPrediction], dict[str, float]]:
@@ -81,6 +102,7 @@ class ClassificationObjective(Objective):
 
     head = "sequence_classification"
     peft_task_type = "SEQ_CLS"
+    runs_across_processes = True  # tests/test_distributed.py: 2 processes train and score as 1 does
 
     def num_labels(self, cfg: DictConfig) -> int:
         return len(cfg.task.label_names)

@@ -126,14 +126,18 @@ def _memory(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def hardware(record: dict[str, Any]) -> str:
-    """``CPU (<model>, <n> cores)`` or ``GPU (<model>)``: what memory and time were measured on."""
+    """``CPU (<model>, <n> cores)`` or ``GPU (<model>)``: what memory and time were measured on; a run on several
+    processes adds how many (``GPU (<model>) × 4 processes``): its time is theirs together, its memory each one's."""
     environment = record.get("environment") or {}
     device = (record.get("memory") or {}).get("device") or environment.get("device")
+    world = (record.get("distributed") or {}).get("world_size") or 1
+    processes = f" × {world} processes" if world > 1 else ""
     if device == "cuda":
-        return f"GPU ({environment.get('gpu') or 'unknown model'})"
+        return f"GPU ({environment.get('gpu') or 'unknown model'}){processes}"
     if device == "cpu":
-        return f"CPU ({environment.get('cpu') or 'unknown model'}, {environment.get('cpu_count') or '?'} cores)"
-    return str(device or "unknown device")
+        cpu = f"CPU ({environment.get('cpu') or 'unknown model'}, {environment.get('cpu_count') or '?'} cores)"
+        return cpu + processes
+    return str(device or "unknown device") + processes
 
 
 def software(record: dict[str, Any]) -> str:

@@ -22,6 +22,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger("harness.study")
 
 
+def refuse_inside_a_launch() -> None:
+    """A study under ``torchrun`` would be one study per rank, each asking its own trials: its runs take several
+    processes through ``distributed.nproc_per_node``, which each job starts for itself."""
+    from harness import distributed
+    from harness.config import ConfigError
+
+    if distributed.launched():
+        raise ConfigError(
+            "hydra/sweeper",
+            f"study runs inside a launch of {distributed.world_size()} processes (every rank would run its own "
+            "study); run harness-run -m alone and give each run its processes with distributed.nproc_per_node=N",
+        )
+
+
 class StudySweeper(Sweeper):
     def __init__(self, **params: Any) -> None:
         super().__init__()
@@ -44,6 +58,7 @@ class StudySweeper(Sweeper):
         from harness.sweep import Settings, Sweep
 
         try:
+            refuse_inside_a_launch()
             overrides, seeds = self._parse(arguments)
             p = self.params
             settings = Settings(
