@@ -154,7 +154,7 @@ def test_real_glue_files_load_through_the_task_spec(make_cfg, task):
 
 
 def test_fingerprint_changes_with_content_not_with_reloading(make_cfg):
-    from harness.data import fingerprint
+    from harness.data.fingerprint import fingerprint
 
     cfg = make_cfg("task.generator.n_train=50", "task.generator.n_validation=10", "task.generator.n_test=10")
     same = fingerprint(load_task(cfg.task)), fingerprint(load_task(cfg.task))

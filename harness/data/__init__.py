@@ -11,7 +11,8 @@ One module per concern:
 * :mod:`~harness.data.fingerprint`: a content hash of each split;
 * :mod:`~harness.data.cache`: loaded and tokenised splits kept on disk for a sweep's later runs.
 
-The stage's interface to a run is re-exported here.
+The stage's interface to a run is re-exported here (the content hash is ``harness.data.fingerprint.fingerprint``:
+the module's name would shadow a re-export once the module is imported).
 The names are resolved on first use (PEP 562): importing a light module of the stage (``spec``, ``catalog``)
 must not import ``datasets`` and torch, so that the command line answers a bad input within a second or two.
 """
@@ -21,7 +22,6 @@ from typing import Any
 
 EXPORTS = {
     "cap_eval": "harness.data.load",
-    "fingerprint": "harness.data.fingerprint",
     "load_fingerprinted": "harness.data.load",
     "load_task": "harness.data.load",
     "tokenize": "harness.data.tokens",

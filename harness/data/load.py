@@ -255,15 +255,10 @@ def _load_files(spec: TaskSpec) -> DatasetDict:
     files = _source_files(spec)  # one path or a list stands for the train split
     first = next(iter(files.values()))
     builder, kwargs = _file_format(spec.file_format, first if isinstance(first, str) else first[0])
-    # Split by split: files whose columns differ are reported by the column check, not as a failed cast. A parse
-    # error from pyarrow/pandas is reported as one line: the parser's, not the wrapper's.
+    _check_file_columns(spec, files)  # a file without a named column: that, not a failed cast or carve
+    # A parse error from pyarrow/pandas is reported as one line: the parser's, not the wrapper's.
     try:
-        return DatasetDict(
-            {
-                split: datasets.load_dataset(builder, data_files=paths, split="train", **kwargs)
-                for split, paths in files.items()
-            }
-        )
+        return datasets.load_dataset(builder, data_files=files, **kwargs)
     except Exception as error:  # noqa: BLE001
         shown = ", ".join(f"{split}: {paths}" for split, paths in files.items())
         raise ConfigError("task.data_files", f"cannot read {shown}: {_root_message(error)}") from None
@@ -351,22 +346,68 @@ def _select_splits(spec: TaskSpec, raw: DatasetDict) -> DatasetDict:
     return DatasetDict(train=train, validation=validation, test=test)
 
 
+def _check_file_columns(spec: TaskSpec, files: dict[str, str | list[str]]) -> None:
+    """The named columns are in each local file's header (CSV/TSV first line, JSON Lines first object, Parquet
+    schema), read before ``datasets`` loads and casts the files together."""
+    named = _named_columns(spec)
+    for split, paths in files.items():
+        for path in [paths] if isinstance(paths, str) else paths:
+            columns = _file_columns(Path(path))
+            for key, column in named if columns is not None else ():
+                if column not in columns:
+                    raise ConfigError(
+                        key, f"column {column!r} not in {path} ({split}); available: {', '.join(columns)}"
+                    )
+
+
+def _file_columns(path: Path) -> list[str] | None:
+    """A file's column names from its first line or schema; None where that cannot tell (a JSON array)."""
+    import json
+
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with path.open(encoding="utf-8-sig") as handle:
+        first = handle.readline().rstrip("\r\n")
+    if suffix in (".tsv", ".csv"):
+        import csv
+
+        return next(
+            csv.reader(
+                [first],
+                delimiter="\t" if suffix == ".tsv" else ",",
+                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+            )
+        )
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return None
+    return list(row) if isinstance(row, dict) else None
+
+
+def _named_columns(spec: TaskSpec) -> list[tuple[str, str]]:
+    """(key, source column) for every column the spec names."""
+    if spec.type == "classification":
+        return [(f"task.{key}", spec.columns[new]) for new, key in COLUMNS[spec.type].items() if new in spec.columns]
+    templated = bool(spec.prompt_template or spec.shared_prompt_marker)  # the prompt is built, not read
+    named = [
+        (f"task.{key}", getattr(spec, key))
+        for new, key in COLUMNS[spec.type].items()
+        if getattr(spec, key) and not (new == "prompt" and templated)
+    ]
+    named += [("task.answer_column", spec.answer_column)] if spec.answer_column else []
+    return named + [("task.prompt_template", field) for field in template_fields(spec.prompt_template)]
+
+
 def _check_columns(spec: TaskSpec, raw: DatasetDict) -> None:
     """Every column the spec names is in every split it reads, before any split is carved: a file without the
     named columns is reported as that, not as a split too small to carve."""
-    if spec.type == "classification":
-        named = [(f"task.{key}", spec.columns[new]) for new, key in COLUMNS[spec.type].items() if new in spec.columns]
-    else:
-        templated = bool(spec.prompt_template or spec.shared_prompt_marker)  # the prompt is built, not read
-        named = [
-            (f"task.{key}", getattr(spec, key))
-            for new, key in COLUMNS[spec.type].items()
-            if getattr(spec, key) and not (new == "prompt" and templated)
-        ]
-        named += [("task.answer_column", spec.answer_column)] if spec.answer_column else []
-        named += [("task.prompt_template", field) for field in template_fields(spec.prompt_template)]
-    wanted = {spec.train_split, spec.validation_split, spec.test_split} - {None}
-    for split in sorted(wanted & set(raw)):
+    named = _named_columns(spec)
+    wanted = dict.fromkeys(s for s in (spec.train_split, spec.validation_split, spec.test_split) if s in raw)
+    for split in wanted:
         for key, column in named:
             if column not in raw[split].column_names:
                 raise _missing_column(key, column, raw[split], split)
