@@ -55,7 +55,8 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-# The caps this process set (basic launcher: every job of a sweep runs here); a job without one lifts them.
+# The soft data limit this process had before a job capped it (basic launcher: every job of a sweep runs here);
+# a job without a cap restores it.
 _MEMORY_LIMIT_SET: list[int] = []
 
 
@@ -67,16 +68,17 @@ def _apply_memory_limit(limit_gb: float | None) -> None:
     """
     import resource
 
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft_before, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if limit_gb is None:
-        if _MEMORY_LIMIT_SET:  # an earlier job of this process (basic launcher) set one: lift it
-            resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+        if _MEMORY_LIMIT_SET:  # an earlier job of this process (basic launcher) set one: back to the user's own
+            resource.setrlimit(resource.RLIMIT_DATA, (_MEMORY_LIMIT_SET[0], hard))
         return
     from harness.preflight import check_memory_limit
 
     check_memory_limit(limit_gb)
     soft = int(limit_gb * 2**30)
-    _MEMORY_LIMIT_SET.append(soft)
+    if not _MEMORY_LIMIT_SET:
+        _MEMORY_LIMIT_SET.append(soft_before)  # the limit the process started with (a user's `ulimit -d`)
     resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 

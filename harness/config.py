@@ -341,10 +341,28 @@ def _is_number(value: Any) -> bool:
 
 
 def check_optimizer(train: DictConfig) -> None:
-    """The optimizer is one the Trainer knows (importing its list costs seconds, hence apart)."""
-    from transformers.training_args import OptimizerNames
+    """The optimizer is one the Trainer knows."""
+    _require_choice("train.optimizer", train.get("optimizer"), optimizer_names())
 
-    _require_choice("train.optimizer", train.get("optimizer"), [o.value for o in OptimizerNames])
+
+def optimizer_names() -> list[str]:
+    """The Trainer's optimizer names (``OptimizerNames``), read from its source without importing it: importing
+    ``transformers.training_args`` takes seconds (torch, accelerate), and a misspelt optimizer should not."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers.training_args")
+    try:
+        tree = ast.parse(Path(spec.origin).read_text())
+        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "OptimizerNames").body
+        names = [n.value.value for n in body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)]
+    except (AttributeError, OSError, StopIteration, SyntaxError, TypeError):
+        names = []
+    if names:
+        return names
+    from transformers.training_args import OptimizerNames  # another layout of the source: the real list
+
+    return [o.value for o in OptimizerNames]
 
 
 def validate(cfg: DictConfig) -> None:
@@ -369,6 +387,8 @@ def validate_values(cfg: DictConfig) -> None:
     for key in ("force", "keep_artifacts"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(key, f"must be true or false (got {cfg.get(key)!r})")
+    if not isinstance(cfg.get("results_dir"), str) or not cfg.get("results_dir"):
+        raise ConfigError("results_dir", f"must be a folder path (got {cfg.get('results_dir')!r})")
     validate_budget(cfg.budget)
     validate_distributed(cfg)
     check_method_values(cfg.method)
@@ -376,13 +396,13 @@ def validate_values(cfg: DictConfig) -> None:
     validate_task(cfg.task)
     validate_objective(cfg.get("objective"), cfg.task)
     validate_train(cfg.train)
+    check_optimizer(cfg.train)
 
 
 def validate_with_libraries(cfg: DictConfig) -> None:
-    """The checks that import the method's config class (PEFT) and the Trainer's option lists."""
+    """The checks that import the method's config class (PEFT, seconds): a field it does not have."""
     check_method_fields(cfg.method)
     validate_schedule(cfg.method, cfg.budget)
-    check_optimizer(cfg.train)
 
 
 def check_target_modules(module_names: list[str], target: Any, key: str) -> None:

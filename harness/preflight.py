@@ -73,7 +73,10 @@ def _check_jobs(overrides: list[str], multirun: bool) -> list[str]:
             )
     first = _compose(_first_values(parsed), overrides)
     study = STUDY_SWEEPER in str(OmegaConf.select(first, "hydra.sweeper._target_") or "")
-    axes = _axes(parsed, OmegaConf.select(first, "hydra.sweeper.grid") if study else None)
+    grid = OmegaConf.select(first, "hydra.sweeper.grid") if study else None
+    if grid is not None and not isinstance(grid, DictConfig):
+        raise ConfigError("hydra.sweeper.grid", f"must map keys to values, e.g. {{method: 'lora,ia3'}} (got {grid!r})")
+    axes = _axes(parsed, grid)
     checked: dict[str, set[str]] = {"results_dir": set(), "data": set()}
     for job in itertools.islice(_combinations(axes), MAX_CHECKED_JOBS):
         cfg = first if job == _first_values(parsed) else _compose(job, overrides)
@@ -285,4 +288,12 @@ def _check_search(cfg: DictConfig) -> None:
     from harness.search import SearchSpace
 
     search = cfg.hydra.sweeper.get("search") or {}
-    SearchSpace(cfg.method, search.get(cfg.method.name))
+    if not isinstance(search, DictConfig | dict):
+        raise ConfigError(
+            "hydra.sweeper.search", f"must map method names to {{space: ..., derive: ...}} (got {search!r})"
+        )
+    own = search.get(cfg.method.name)
+    if own is not None and not isinstance(own, DictConfig):
+        key = f"hydra.sweeper.search.{cfg.method.name}"
+        raise ConfigError(key, f"must be a mapping with space and/or derive (got {own!r})")
+    SearchSpace(cfg.method, own)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def _stop(processes: set[psutil.Process]) -> None:
 def check_nothing_lost(results_dir: Path, storage: str, seeds: tuple[int, ...] = (0,), n_trials: int = 4) -> dict:
     """The invariants after faults; returns the figures (trials, attempts, retries, records lost, duplicates)."""
     figures = {"studies": 0, "attempts": 0, "retries": 0, "records_lost": 0, "duplicate_trials": 0}
+    trainings = _trainings_completed(results_dir)
     trial_records: dict[tuple[str, int], list[dict]] = {}
     finals: dict[tuple[str, int], list[dict]] = {}
     for path in sorted(records.runs_dir(results_dir).glob("*.json")):
@@ -120,13 +122,15 @@ def check_nothing_lost(results_dir: Path, storage: str, seeds: tuple[int, ...] =
         assert len(counted) == n_trials and all(t.state.is_finished() for t in trials), name
         numbers = [logical_number(t) for t in counted]
         assert len(numbers) == len(set(numbers)), f"{name}: a trial number twice: {numbers}"
-        for trial in counted:
-            if trial.state.name in ("COMPLETE", "PRUNED"):
-                found = trial_records.get((name, logical_number(trial)), [])
-                figures["records_lost"] += not found
-        figures["duplicate_trials"] += sum(
-            len(v) > 1 for (study_name, _), v in trial_records.items() if study_name == name
-        )
+        # Lost: a counted trial without its record (killed and never completed, or its record gone). Duplicated: a
+        # trial trained to completion more than once (two records can't exist: a retry has its first attempt's
+        # run_id, so a second training would overwrite the file; the jobs' logs say how often each one finished).
+        figures["records_lost"] += sum((name, logical_number(t)) not in trial_records for t in counted)
+        assert all(t.state.name in ("COMPLETE", "PRUNED") for t in counted), f"{name}: a counted trial failed"
+        method = study.user_attrs["cell"]["method"]
+        done = [trainings.get((method, logical_number(t)), 0) for t in counted]
+        figures["duplicate_trials"] += sum(count > 1 for count in done)
+        assert all(count >= 1 for count in done), f"{name}: a trial with a record but no finished job: {trainings}"
         for seed in seeds:
             assert [r["status"] for r in finals.get((name, seed), [])] == ["success"], (name, seed)
         figures["studies"] += 1
@@ -137,6 +141,19 @@ def check_nothing_lost(results_dir: Path, storage: str, seeds: tuple[int, ...] =
     leftovers = [p for p in results_dir.rglob("*.tmp")]
     assert not leftovers, leftovers
     return figures
+
+
+SUMMARY_LINE = re.compile(r"\] - (?:\w+\+)?(\w+) on \S+ \(.*\) \[trial (\d+)\]: (?:success|pruned|failed),")
+
+
+def _trainings_completed(results_dir: Path) -> dict[tuple[str, int], int]:
+    """How many times each (method, trial) ran to its end, from the summary line each job logs when it finishes
+    (a job that skips a recorded run logs none)."""
+    counts: dict[tuple[str, int], int] = {}
+    for log in (results_dir / "hydra" / "multirun").glob("*/*/*.log"):
+        for method, trial in SUMMARY_LINE.findall(log.read_text(errors="replace")):
+            counts[(method, int(trial))] = counts.get((method, int(trial)), 0) + 1
+    return counts
 
 
 def _report_builds(results_dir: Path) -> None:

@@ -139,6 +139,8 @@ def check_data_file(path: Path, key: str, fields: int | None = None) -> None:
     """A data file exists, is not empty, and a text one is UTF-8; a TSV's rows have as many fields as its
     header (or ``fields`` names): said in one line naming the file, where ``datasets`` would report "An error
     occurred while generating the dataset" or pandas would take a row's extra field for an index."""
+    if path.is_dir():
+        raise ConfigError(key, f"{path} is a folder, not a file (a folder of split files is task.data_dir)")
     if not path.is_file():
         raise ConfigError(key, f"{path} not found")
     if path.stat().st_size == 0:
