@@ -78,3 +78,15 @@ def run_cli_with(results_dir, base: list[str], *overrides: str, timeout: int = 6
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "harness.cli", "-m", *base, *overrides, f"results_dir={results_dir}"]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: what it checks must be refused before weights are read."""
+    from harness import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before validation finished")
+
+    for loader in ("load_classifier", "load_causal_lm", "load_model"):
+        monkeypatch.setattr(models, loader, refuse)

@@ -14,7 +14,7 @@ from conftest import SETTLED, TINY, compose_config
 from torch import nn
 from transformers import TrainerCallback
 
-from harness import models, records
+from harness import records
 from harness.config import ConfigError
 from harness.objectives.base import example_tokens
 from harness.run import execute, prepare
@@ -92,15 +92,6 @@ def _assert_cut(probe: PassProbe, record: dict, micro: int, rows_per_example: in
     assert probe.arguments == (micro, batch // micro)
     assert max(probe.rows) == micro * rows_per_example
     assert record["training"]["micro_batch_size"] == record["memory"]["micro_batch_size"] == micro
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before validation finished")
-
-    for loader in ("load_classifier", "load_causal_lm", "load_model"):
-        monkeypatch.setattr(models, loader, refuse)
 
 
 @pytest.mark.parametrize("micro", ["3", "0", "-2", "2.5", "16"])

@@ -289,15 +289,6 @@ def test_the_batch_is_checked_against_the_processes_harness_run_will_start(make_
     validate(make_cfg(*TINY, "budget.batch_size=9"))  # one process: any batch
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before validation finished")
-
-    for loader in ("load_classifier", "load_causal_lm", "load_model"):
-        monkeypatch.setattr(models, loader, refuse)
-
-
 def test_objectives_not_shown_to_train_across_processes_are_refused(make_cfg, no_model_load):
     lm = ["model=tiny_llama", "budget=tiny", "budget.batch_size=4", "task=arithmetic_pref", "task.max_seq_length=128"]
     with pytest.raises(ConfigError) as caught:

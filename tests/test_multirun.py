@@ -30,6 +30,7 @@ def test_grid_completes_and_a_second_invocation_trains_nothing(tmp_path):
     }
 
 
+@pytest.mark.slow  # about 10 s; the four-scenario sweep below covers it in the default run
 def test_a_failing_job_is_recorded_and_the_sweep_completes(tmp_path):
     result = _multirun(tmp_path, "method=full", "train.max_grad_norm=1e30", "method.lr=1e30,1e-4", "budget.max_steps=4")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -39,6 +40,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_completes(tmp_path):
     json.dumps(by_lr)
 
 
+@pytest.mark.slow  # about 10 s; the four-scenario sweep below covers it in the default run
 def test_running_out_of_memory_is_a_failed_record_and_the_sweep_goes_on(tmp_path):
     # A 34 GB feed-forward layer under a 3 GB cap: the allocation fails inside the run, not in the kernel.
     huge = 2**28

@@ -130,6 +130,7 @@ def test_a_tuning_seed_set_to_a_final_seed_is_allowed_and_that_final_repeats_the
     assert "ia3: final seed 0 is also a tuning seed (set explicitly)" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow  # 25 s; tests/test_faults.py kills sweepers and workers, tests/test_sweep.py the resume logic
 def test_a_study_killed_mid_sweep_resumes_to_exactly_n_trials(tmp_path):
     overrides = [
         *STUDY,
