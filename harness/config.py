@@ -8,6 +8,7 @@ that line and exits non-zero.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -345,6 +346,7 @@ def check_optimizer(train: DictConfig) -> None:
     _require_choice("train.optimizer", train.get("optimizer"), optimizer_names())
 
 
+@functools.cache
 def optimizer_names() -> list[str]:
     """The Trainer's optimizer names (``OptimizerNames``), read from its source without importing it: importing
     ``transformers.training_args`` takes seconds (torch, accelerate), and a misspelt optimizer should not."""
@@ -388,7 +390,10 @@ def validate_values(cfg: DictConfig) -> None:
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(key, f"must be true or false (got {cfg.get(key)!r})")
     if not isinstance(cfg.get("results_dir"), str) or not cfg.get("results_dir"):
-        raise ConfigError("results_dir", f"must be a folder path (got {cfg.get('results_dir')!r})")
+        raise ConfigError(
+            "results_dir",
+            f"must be a folder path; quote a numeric name, results_dir='2024' (got {cfg.get('results_dir')!r})",
+        )
     validate_budget(cfg.budget)
     validate_distributed(cfg)
     check_method_values(cfg.method)

@@ -21,7 +21,8 @@ from typing import Any
 from harness.config import ConfigError
 
 log = logging.getLogger("harness.study")
-# A trial's system attribute saying its heartbeat is being written (set by the sweeper right after its first beat).
+# A trial's system attribute saying its heartbeat is being written: the trial's number, set by the sweeper right
+# after its first beat (a retry inherits its failed attempt's attributes, whose number is another).
 BEATING = "harness:heartbeat"
 # Optuna marks the heartbeat and the retry callback's readers experimental; a warning per trial is noise here.
 warnings.filterwarnings("ignore", message=r".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")

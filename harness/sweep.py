@@ -297,7 +297,9 @@ class Sweep:
             # whose sweeper died between its ask and its first beat. Past the grace period it is as dead.
             old = datetime.now() - timedelta(seconds=self.settings.liveness.grace)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if not trial.system_attrs.get(storage_stage.BEATING) and trial.datetime_start < old:
+                # The attribute holds the number of the trial it was set for: a retry inherits its failed
+                # attempt's system attributes, and must not pass for beating before its own first beat.
+                if trial.system_attrs.get(storage_stage.BEATING) != trial.number and trial.datetime_start < old:
                     requeue(study, trial, self.settings.liveness, "running without a heartbeat past the grace period")
         elif at_start:
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -331,7 +333,7 @@ class Sweep:
             trial = study.ask(cell.space.distributions)
         if storage_stage.heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(_trial_id(trial))  # alive from the ask, before its worker starts
-            study._storage.set_trial_system_attr(_trial_id(trial), storage_stage.BEATING, True)
+            study._storage.set_trial_system_attr(_trial_id(trial), storage_stage.BEATING, trial.number)
         frozen = study._storage.get_trial(_trial_id(trial))
         if storage_stage.retried_number(frozen) is None and self._is_surplus(study, frozen.number):
             trial.set_user_attr("surplus", True)

@@ -263,3 +263,18 @@ def test_loaded_splits_are_cached_by_file_bytes_spec_and_generator(tmp_path, mon
     assert calls.count("toy_sentiment") == 2
     assert load._source_key(load.TaskSpec.from_config(make_cfg("task=sst2", "data_root=null").task)) is None
     assert load._generator_code("no_such_package.module.function") is None  # not cached; loading says why
+
+
+def test_a_split_the_task_does_not_read_is_not_checked(tmp_path, make_cfg):
+    """A GLUE folder holds an unlabelled test.tsv beside train.tsv and dev.tsv; a task that scores on dev never
+    reads it, so its missing label column is no error."""
+    rows = "sentence\tlabel\n" + "".join(f"film {i}\t{i % 2}\n" for i in range(8))
+    (tmp_path / "train.tsv").write_text(rows)
+    (tmp_path / "dev.tsv").write_text(rows)
+    (tmp_path / "test.tsv").write_text("index\tsentence\n0\tunlabelled\n")
+    cfg = make_cfg(
+        "task=_local_classification", "+task.name=folder", f"task.data_dir={tmp_path}", "task.text_column=sentence",
+        "task.label_names=[negative,positive]", "task.validation_size=2",
+    )  # fmt: skip
+    splits = load_task(cfg.task)
+    assert len(splits["train"]) == 6 and len(splits["test"]) == 8

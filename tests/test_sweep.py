@@ -336,3 +336,21 @@ def test_a_dead_trial_is_queued_again_once_whoever_notices(tmp_path):
     sweep.requeue(opt_study, running, FAST, "its worker died")  # the second sweeper, a moment later
     waiting = [t for t in opt_study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
     assert job is not None and len(waiting) == 1 and study.retried_number(waiting[0]) == 0
+
+
+def test_a_retry_asked_by_a_sweeper_that_died_before_its_first_beat_is_retried_again(tmp_path):
+    """A retry inherits its failed attempt's attributes, the heartbeat mark included: a sweeper killed between
+    asking for the retry and its first beat leaves a RUNNING trial with no heartbeat, which must still go stale."""
+    runner = make_sweep(tmp_path, FakeLauncher(), n_trials=1)
+    (cell,) = runner.plan([(["method=lora"], {"method": "lora"})])
+    opt_study = optuna.create_study(
+        study_name=cell.study_name, storage=runner._storage(cell.storage_url), direction=cell.direction
+    )
+    runner._ask(cell, opt_study)
+    sweep.requeue(opt_study, opt_study.get_trials(deepcopy=False)[0], FAST, "its worker died")
+    with pytest.warns(UserWarning):
+        opt_study.ask()  # the dying sweeper takes the retry, and never beats for it
+    time.sleep(FAST.grace + 0.5)
+    runner._recover(opt_study)
+    states = [t.state.name for t in opt_study.get_trials(deepcopy=False)]
+    assert states == ["FAIL", "FAIL", "WAITING"]

@@ -257,7 +257,11 @@ def _load_files(spec: TaskSpec) -> DatasetDict:
     files = _source_files(spec)  # one path or a list stands for the train split
     first = next(iter(files.values()))
     builder, kwargs = _file_format(spec.file_format, first if isinstance(first, str) else first[0])
-    _check_file_columns(spec, files)  # a file without a named column: that, not a failed cast or carve
+    # Only the splits the task reads (GLUE's unlabelled test.tsv beside dev.tsv is not), each file's header checked
+    # for the named columns: a file without one is reported as that, not as a failed cast or carve.
+    used = {spec.train_split, spec.validation_split, spec.test_split}
+    files = {split: paths for split, paths in files.items() if split in used} or files
+    _check_file_columns(spec, files, builder)
     # A parse error from pyarrow/pandas is reported as one line: the parser's, not the wrapper's.
     try:
         return datasets.load_dataset(builder, data_files=files, **kwargs)
@@ -348,13 +352,13 @@ def _select_splits(spec: TaskSpec, raw: DatasetDict) -> DatasetDict:
     return DatasetDict(train=train, validation=validation, test=test)
 
 
-def _check_file_columns(spec: TaskSpec, files: dict[str, str | list[str]]) -> None:
+def _check_file_columns(spec: TaskSpec, files: dict[str, str | list[str]], builder: str) -> None:
     """The named columns are in each local file's header (CSV/TSV first line, JSON Lines first object, Parquet
     schema), read before ``datasets`` loads and casts the files together."""
     named = _named_columns(spec)
     for split, paths in files.items():
         for path in [paths] if isinstance(paths, str) else paths:
-            columns = _file_columns(Path(path))
+            columns = _file_columns(Path(path), builder)
             for key, column in named if columns is not None else ():
                 if column not in columns:
                     raise ConfigError(
@@ -362,18 +366,22 @@ def _check_file_columns(spec: TaskSpec, files: dict[str, str | list[str]]) -> No
                     )
 
 
-def _file_columns(path: Path) -> list[str] | None:
-    """A file's column names from its first line or schema; None where that cannot tell (a JSON array)."""
+def _file_columns(path: Path, builder: str) -> list[str] | None:
+    """A file's column names from its first line or schema; None where that cannot tell (a JSON array, a
+    compressed file: ``datasets`` reads those, and reports what is missing after loading)."""
     import json
 
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if builder == "parquet":
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
-    with path.open(encoding="utf-8-sig") as handle:
-        first = handle.readline().rstrip("\r\n")
-    if suffix in (".tsv", ".csv"):
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            first = handle.readline().rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None
+    if builder == "csv" and suffix in (".tsv", ".csv"):
         import csv
 
         return next(

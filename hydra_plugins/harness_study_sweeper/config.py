@@ -38,8 +38,9 @@ class StudySweeperConf:
     # Optuna sampler and pruner: config groups, so one is swapped whole
     # (hydra/sweeper/sampler=random, hydra/sweeper/pruner=hyperband) and tuned by
     # field (hydra.sweeper.pruner.min_resource=2). The sampler's `seed` is set per
-    # trial (sampler_seed + trial number), so a resumed study samples what an
-    # uninterrupted one would have. The pruner is fed each validation evaluation
+    # trial (sampler_seed + the trial's place among the study's new trials,
+    # harness/sampling.py), so a resumed study samples what an uninterrupted one
+    # would have and two sweepers on one storage never draw alike. The pruner is fed each validation evaluation
     # during training; hydra/sweeper/pruner=none disables pruning.
     sampler: Any = None
     sampler_seed: int = 0
