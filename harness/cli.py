@@ -20,7 +20,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from harness import distributed
 from harness.data.catalog import register_tasks
@@ -109,18 +108,9 @@ def run_one(cfg: DictConfig) -> dict | None:
     Whether a run is done is known only once its data is loaded and its device
     known (both are part of its identity), so skipping costs a data load.
     """
-    from harness import records
-    from harness.config import ConfigError, validate
-    from harness.data.spec import metric_entries
+    from harness.config import resolve_run_config, validate
 
-    if (
-        cfg.task.get("metrics") is not None
-    ):  # a metric named without its direction (task.metrics=[f1]) takes its module's
-        cfg.task.metrics = metric_entries(cfg.task.metrics)
-    try:
-        records.identity_config(cfg)  # resolves every interpolation
-    except OmegaConfBaseException as error:
-        raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
+    resolve_run_config(cfg)
     validate(cfg)  # static checks first: a bad value fails before torch and the Trainer are even imported
     if not distributed.is_main_process():
         log.setLevel(logging.WARNING)  # rank 0 tells the run's progress and summary; the others only what goes wrong

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Keys of a method YAML that the harness reads; every other key goes to the
 # method's ``_target_`` class (a PEFT config or a harness method).
@@ -51,6 +52,38 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str):
         self.key = key
         super().__init__(f"{key}: {problem}")
+
+
+def root_cause_line(error: BaseException) -> str:
+    """The first line of the innermost cause: the parser's or driver's message, not a wrapper's (``datasets``
+    wraps a pandas error in a generic one, SQLAlchemy a driver's in ``.orig``)."""
+    while True:
+        inner = getattr(error, "orig", None) or error.__cause__
+        if inner is None and not error.__suppress_context__:
+            inner = error.__context__
+        if inner is None:
+            break
+        error = inner
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def resolve_run_config(cfg: DictConfig) -> None:
+    """Settle what the composed config leaves to be worked out, as every consumer expects it: metrics named
+    without a direction (``task.metrics=[f1]``) take their module's, and every interpolation of the run's keys
+    resolves (Hydra's own node aside: only a running Hydra resolves it); a broken one is a ConfigError naming
+    its key."""
+    from harness.data.spec import metric_entries
+
+    if cfg.task.get("metrics") is not None:
+        cfg.task.metrics = metric_entries(cfg.task.metrics)
+    try:
+        for key in cfg:
+            value = cfg[key] if key != "hydra" else None  # a scalar interpolation resolves on access
+            if isinstance(value, DictConfig | ListConfig):
+                OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(getattr(error, "full_key", None) or "config", str(error).splitlines()[0]) from None
 
 
 def _is_positive(value: Any, integer: bool = False) -> bool:

@@ -13,7 +13,7 @@ torch), and for a study its settings, search space and storage. Only then does
 Hydra run. What needs PEFT or the Trainer's option lists is checked in the
 job, as before, still before any weights load.
 
-``BAD_INPUTS.md`` lists the inputs this answers, with the line each gets;
+``tests/bad_inputs.yaml`` lists the inputs this answers, with the line each gets;
 ``tests/test_bad_inputs.py`` runs that table.
 """
 
@@ -25,14 +25,13 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config import ConfigError, validate_values
+from harness.config import ConfigError, resolve_run_config, validate_values
 
 # Flags after which Hydra prints or composes something else than a run; those are left to Hydra.
 HYDRA_OWN_FLAGS = (
@@ -71,15 +70,16 @@ def _check_jobs(overrides: list[str], multirun: bool) -> list[str]:
             raise ConfigError(
                 override.get_key_element(), f"{override.input_line!r} sweeps several values; add -m to run each"
             )
-    first = _compose(_first_values(parsed), overrides)
+    first = _compose(_first_values(parsed), overrides)  # the settings every job shares
     study = STUDY_SWEEPER in str(OmegaConf.select(first, "hydra.sweeper._target_") or "")
     grid = OmegaConf.select(first, "hydra.sweeper.grid") if study else None
     if grid is not None and not isinstance(grid, DictConfig):
         raise ConfigError("hydra.sweeper.grid", f"must map keys to values, e.g. {{method: 'lora,ia3'}} (got {grid!r})")
-    axes = _axes(parsed, grid)
+    first_job = _first_values(parsed)
     checked: dict[str, set[str]] = {"results_dir": set(), "data": set()}
-    for job in itertools.islice(_combinations(axes), MAX_CHECKED_JOBS):
-        cfg = first if job == _first_values(parsed) else _compose(job, overrides)
+    for combination in itertools.islice(itertools.product(*_axes(parsed, grid)), MAX_CHECKED_JOBS):
+        job = list(combination)
+        cfg = first if job == first_job else _compose(job, overrides)
         check_job(cfg, checked)
         if study:
             _check_search(cfg)
@@ -121,10 +121,6 @@ def _axes(parsed: list[Any], grid: Any) -> list[list[str]]:
         if key not in axes:
             axes[key] = _values(_parse([f"{key}={value}"])[0])
     return list(axes.values())
-
-
-def _combinations(axes: list[list[str]]) -> Iterator[list[str]]:
-    return (list(job) for job in itertools.product(*axes))
 
 
 def _group_options(group: str) -> list[str]:
@@ -191,31 +187,21 @@ def _first_line(error: BaseException) -> str:
 
 def check_job(cfg: DictConfig, checked: dict[str, set[str]]) -> None:
     """One job's checks that import nothing heavy; ``checked`` remembers folders and data already passed."""
-    if cfg.task.get("metrics") is not None:  # as harness.cli.run_one does: a metric named without its direction
-        from harness.data.spec import metric_entries
-
-        cfg.task.metrics = metric_entries(cfg.task.metrics)
-    try:
-        for key in cfg:
-            if key != "hydra":
-                OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
-    except OmegaConfBaseException as error:
-        raise ConfigError(getattr(error, "full_key", None) or "config", _first_line(error)) from None
-    job = cfg
-    validate_values(job)
-    check_memory_limit(job.get("memory_limit_gb"))
-    results_dir = str(job.results_dir)
+    resolve_run_config(cfg)  # as harness.cli.run_one does
+    validate_values(cfg)
+    check_memory_limit(cfg.get("memory_limit_gb"))
+    results_dir = str(cfg.results_dir)
     if results_dir not in checked["results_dir"]:
         check_writable_folder("results_dir", Path(results_dir))
         checked["results_dir"].add(results_dir)
-    data_key = json.dumps(OmegaConf.to_container(job.task, resolve=True), sort_keys=True, default=str)
+    data_key = json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True, default=str)
     if data_key not in checked["data"]:
         import datasets
 
         from harness.data.load import load_fingerprinted
 
         datasets.disable_progress_bars()
-        load_fingerprinted(job.task)
+        load_fingerprinted(cfg.task)
         checked["data"].add(data_key)
 
 
@@ -262,23 +248,16 @@ def check_writable_folder(key: str, folder: Path) -> None:
 def _check_study(cfg: DictConfig, parsed: list[Any]) -> None:
     """The study sweeper's own settings, every cell's search space, and its storage (reachable, not locked)."""
     from harness import storage as storage_stage
-    from harness.sweep import Settings, check_key, tuning_seed
+    from harness.sweep import Settings, Sweep, split_seeds
 
     sweeper = cfg.hydra.sweeper
-    seeds = list(sweeper.seeds)
-    for override in parsed:
-        key = override.get_key_element().lstrip("+~")
-        if key == "seed":
-            seeds = [line.split("=", 1)[1] for line in _values(override)]
-        elif not key.startswith("hydra"):
-            check_key(key)
-    if not seeds or not all(str(s).lstrip("-").isdigit() for s in seeds):
-        raise ConfigError("hydra.sweeper.seeds", f"must be a non-empty list of integers (got {seeds})")
-    settings = Settings(seeds=[int(s) for s in seeds], n_trials=sweeper.n_trials, tuning_seed=sweeper.tuning_seed)
-    if settings.n_trials < 1:
-        raise ConfigError("hydra.sweeper.n_trials", f"must be a positive integer (got {settings.n_trials})")
-    tuning_seed(settings.tuning_seed, settings.seeds)
-    storage_stage.Liveness.checked(sweeper.heartbeat_interval, sweeper.grace_period, sweeper.max_retry)
+    _, seeds = split_seeds(parsed, [int(s) for s in sweeper.seeds])
+    liveness = storage_stage.Liveness.checked(sweeper.heartbeat_interval, sweeper.grace_period, sweeper.max_retry)
+    settings = Settings(
+        seeds=seeds, n_trials=sweeper.n_trials, tuning_seed=sweeper.tuning_seed, sampler=sweeper.sampler,
+        pruner=sweeper.pruner, liveness=liveness,
+    )  # fmt: skip
+    Sweep(settings, launch=None, compose=None)  # what the sweeper checks of its settings before planning
     storage = sweeper.get("storage") or storage_stage.default_storage(cfg.results_dir)
     storage_stage.check_storage(storage)
 

@@ -17,13 +17,13 @@ from typing import Any
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.storage import retried_number
+from harness.storage import SURPLUS, retried_number
 
 
 def new_trial_index(trials: Sequence[FrozenTrial], number: int) -> int:
     """Trial ``number``'s place among the new trials: retries and surplus asks before it not counted."""
     skipped = sum(
-        1 for t in trials if t.number < number and (retried_number(t) is not None or t.user_attrs.get("surplus"))
+        1 for t in trials if t.number < number and (retried_number(t) is not None or t.user_attrs.get(SURPLUS))
     )
     return number - skipped
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError
+from harness.config import ConfigError, root_cause_line
 
 log = logging.getLogger("harness.study")
 # A trial's system attribute saying its heartbeat is being written: the trial's number, set by the sweeper right
 # after its first beat (a retry inherits its failed attempt's attributes, whose number is another).
 BEATING = "harness:heartbeat"
+# A trial's user attribute marking an ask past n_trials (two sweepers asked for the last trial at once): closed unrun.
+SURPLUS = "surplus"
 # Optuna marks the heartbeat and the retry callback's readers experimental; a warning per trial is noise here.
 warnings.filterwarnings("ignore", message=r".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")
 JOURNAL_PREFIX = "journal:"
@@ -104,7 +106,7 @@ def open_storage(url: str, liveness: Liveness | None = None):
             # Two workers opening a new database at once both create its tables; the second finds them made.
             if "already exists" in str(error) and attempt < 2:
                 continue
-            raise ConfigError("hydra.sweeper.storage", f"cannot open {_shown(url)}: {_root_line(error)}") from None
+            raise ConfigError("hydra.sweeper.storage", f"cannot open {_shown(url)}: {root_cause_line(error)}") from None
     raise AssertionError("unreachable")
 
 
@@ -178,7 +180,9 @@ def _check_server(url: str, parsed, timeout_s: float) -> None:
         with engine.connect():
             pass
     except Exception as error:  # noqa: BLE001 - refused, unknown host, bad password, no such database
-        raise ConfigError("hydra.sweeper.storage", f"cannot connect to {_shown(url)}: {_root_line(error)}") from None
+        raise ConfigError(
+            "hydra.sweeper.storage", f"cannot connect to {_shown(url)}: {root_cause_line(error)}"
+        ) from None
     finally:
         engine.dispose()
 
@@ -193,14 +197,6 @@ def _shown(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
-def _root_line(error: BaseException) -> str:
-    """The first line of the innermost cause: a driver's message, not the wrapper's."""
-    while getattr(error, "orig", None) is not None or error.__cause__ is not None:
-        error = getattr(error, "orig", None) or error.__cause__
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @contextmanager
 def heartbeats(storage: Any, trial_ids: Iterable[int]) -> Iterator[None]:
     """Record the trials' heartbeats now and at the storage's interval until the block ends.
@@ -209,7 +205,7 @@ def heartbeats(storage: Any, trial_ids: Iterable[int]) -> Iterator[None]:
     trains: a trial stays alive while either lives, and goes stale (then is retried) when both are gone.
     A storage without heartbeats (a journal file) makes this a no-op.
     """
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    interval = heartbeat_interval(storage)
     ids = list(trial_ids)
     if not interval or not ids:
         yield
@@ -222,7 +218,7 @@ def heartbeats(storage: Any, trial_ids: Iterable[int]) -> Iterator[None]:
                 try:
                     storage.record_heartbeat(trial_id)
                 except Exception as error:  # noqa: BLE001 - a missed beat is retried; the run goes on
-                    log.warning("heartbeat of trial id %d not recorded: %s", trial_id, _root_line(error))
+                    log.warning("heartbeat of trial id %d not recorded: %s", trial_id, root_cause_line(error))
             if stop.wait(interval):
                 return
 
@@ -235,8 +231,13 @@ def heartbeats(storage: Any, trial_ids: Iterable[int]) -> Iterator[None]:
         thread.join()
 
 
+def heartbeat_interval(storage: Any) -> int | None:
+    """Seconds between a trial's heartbeats in this storage; None where it keeps none (a journal file)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
 def heartbeat_enabled(storage: Any) -> bool:
-    return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+    return bool(heartbeat_interval(storage))
 
 
 def retried_number(trial: Any) -> int | None:
@@ -264,6 +265,6 @@ def counted_trials(trials: list[Any]) -> list[Any]:
         t
         for t in trials
         if t.number not in superseded
-        and not t.user_attrs.get("surplus")
+        and not t.user_attrs.get(SURPLUS)
         and not (t.state == TrialState.WAITING and retried_number(t) is None)
     ]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from harness import records
 from harness.config import ConfigError, primary_metric
-from harness.storage import Liveness, counted_trials, logical_number, open_storage, retried_number
+from harness.storage import SURPLUS, Liveness, counted_trials, logical_number, open_storage, retried_number
 
 
 def instantiate_component(spec: Any, key: str, **extra: Any):
@@ -141,7 +141,7 @@ def cell_summary(
         # Attempts in the storage: a trial whose worker died is failed and queued again with its parameters.
         "attempts": len(attempts),
         "retries": sum(retried_number(t) is not None for t in attempts),
-        "surplus": sum(bool(t.user_attrs.get("surplus")) for t in attempts),
+        "surplus": sum(bool(t.user_attrs.get(SURPLUS)) for t in attempts),
         "pruned_trials": [logical_number(t) for t in trials if t.state == TrialState.PRUNED],
         "best": None
         if best is None

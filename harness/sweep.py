@@ -102,6 +102,28 @@ def check_key(key: str) -> None:
         raise ConfigError(key, "is set by the study sweeper for each trial and final; remove it")
 
 
+def split_seeds(overrides: Sequence[Any], seeds: list[int]) -> tuple[list[Any], list[int]]:
+    """Hydra overrides other than ``seed`` (each checked by :func:`check_key`), and the final seeds: a ``seed``
+    override (one value or a sweep) replaces ``seeds``."""
+    kept = []
+    for override in overrides:
+        key = override.get_key_element().lstrip("+~")
+        if key == "seed":
+            values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+            seeds = [_seed(value) for value in values]
+        else:
+            check_key(key)
+            kept.append(override)
+    return kept, seeds
+
+
+def _seed(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError("seed", f"must be an integer (got {value!r})") from None
+
+
 def tuning_seed(explicit: Any, seeds: list[int]) -> int:
     """The trials' seed: by default one no final uses, so no reported test score repeats the draw that won
     the selection; a final seed only when the user sets it so (warned here, stated in the report)."""
@@ -251,7 +273,6 @@ class Sweep:
         other sweepers are running, so the best trial is picked from all of them."""
         from optuna.trial import TrialState
 
-        self._recover(study, at_start=True)
         log.info(
             "%s: %d of %d trials in storage",
             cell.study_name,
@@ -259,7 +280,10 @@ class Sweep:
             self.settings.n_trials,
         )
         storage = self._storage(cell.storage_url)
+        at_start = True
         while True:
+            self._recover(study, at_start)  # dead workers' trials queued again before each round of asks
+            at_start = False
             jobs = []
             while len(jobs) < self.settings.width and (job := self._next_trial(cell, study)) is not None:
                 jobs.append(job)
@@ -278,7 +302,6 @@ class Sweep:
                 self.settings.liveness.grace,
             )
             time.sleep(self.settings.liveness.interval)
-            self._recover(study)
 
     def _recover(self, study: Any, at_start: bool = False) -> None:
         """Fail trials whose heartbeat went silent and queue them again (Optuna's stale-trial callback).
@@ -309,7 +332,6 @@ class Sweep:
         """A queued retry, else a new trial while the study counts fewer than n_trials; None when done."""
         from optuna.trial import TrialState
 
-        self._recover(study)
         trials = study.get_trials(deepcopy=False)
         retry_waiting = any(
             t.state == TrialState.WAITING and storage_stage.retried_number(t) is not None for t in trials
@@ -320,8 +342,11 @@ class Sweep:
 
     def _ask(self, cell: Cell, study: Any) -> Job | None:
         """A trial from a sampler seeded by its place among the new trials (harness.sampling: resuming never
-        changes what is sampled, two sweepers never draw alike); a queued retry comes first with its own parameters. None when another sweeper asked for the last one
-        at the same moment: that surplus trial is closed unrun."""
+        changes what is sampled, two sweepers never draw alike); a queued retry comes first with its own
+        parameters. None when another sweeper asked for the last one at the same moment: that surplus trial is
+        closed unrun."""
+        from optuna.trial import TrialState
+
         from harness.sampling import TrialSeededSampler
 
         study.sampler = TrialSeededSampler(
@@ -336,8 +361,8 @@ class Sweep:
             study._storage.set_trial_system_attr(_trial_id(trial), storage_stage.BEATING, trial.number)
         frozen = study._storage.get_trial(_trial_id(trial))
         if storage_stage.retried_number(frozen) is None and self._is_surplus(study, frozen.number):
-            trial.set_user_attr("surplus", True)
-            study.tell(frozen.number, state=optuna_fail(), skip_if_finished=True)
+            trial.set_user_attr(storage_stage.SURPLUS, True)
+            study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
             log.info(
                 "%s: trial %d closed unrun: another sweeper asked for the last one", cell.study_name, frozen.number
             )
@@ -385,20 +410,15 @@ def _trial_id(trial: Any) -> int:
     return trial_id(trial)
 
 
-def optuna_fail() -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState.FAIL
-
-
 def requeue(study: Any, trial: Any, liveness: storage_stage.Liveness, why: str) -> None:
     """Fail a trial whose worker is gone and queue it again with its parameters (Optuna's retry callback, the
     one a stale heartbeat triggers), so the next ask runs it. Only the sweeper whose update closes the trial
     queues it: another that closed it first has queued it already."""
     import optuna
+    from optuna.trial import TrialState
 
     try:
-        if not study._storage.set_trial_state_values(_trial_id(trial), state=optuna_fail()):
+        if not study._storage.set_trial_state_values(_trial_id(trial), state=TrialState.FAIL):
             return
     except optuna.exceptions.UpdateFinishedTrialError:
         return
@@ -418,7 +438,7 @@ def tell(study: Any, job: Job, liveness: storage_stage.Liveness | None = None) -
     retry finds this job's record (same run_id) instead of training again."""
     import optuna
 
-    current = next(t for t in study.get_trials(deepcopy=False) if t.number == job.trial_number)
+    current = study._storage.get_trial(job.trial_id)
     if current.state.is_finished():
         log.warning("%s trial %d: already closed (%s) by another sweeper", study.study_name,
                     storage_stage.logical_number(current), current.state.name)  # fmt: skip

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness import versions
-from harness.config import ConfigError
+from harness.config import ConfigError, root_cause_line
 from harness.data import cache
 from harness.data.answers import extract_answer
 from harness.data.fingerprint import fingerprint
@@ -267,15 +267,7 @@ def _load_files(spec: TaskSpec) -> DatasetDict:
         return datasets.load_dataset(builder, data_files=files, **kwargs)
     except Exception as error:  # noqa: BLE001
         shown = ", ".join(f"{split}: {paths}" for split, paths in files.items())
-        raise ConfigError("task.data_files", f"cannot read {shown}: {_root_message(error)}") from None
-
-
-def _root_message(error: BaseException) -> str:
-    """The first line of the innermost cause (``datasets`` wraps a parser's error in a generic one)."""
-    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
-        error = error.__cause__ or error.__context__
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise ConfigError("task.data_files", f"cannot read {shown}: {root_cause_line(error)}") from None
 
 
 def _read_original_file(path: Path, local: LocalCopy) -> datasets.Dataset:

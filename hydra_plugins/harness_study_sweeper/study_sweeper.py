@@ -78,20 +78,11 @@ class StudySweeper(Sweeper):
 
     def _parse(self, arguments: list[str]) -> tuple[list[Override], list[int]]:
         """Overrides other than seed, and the final seeds (a ``seed`` override replaces ``seeds``)."""
-        from harness.sweep import check_key
+        from harness.sweep import split_seeds
 
         grid = [f"{key}={value}" for key, value in (self.params.grid or {}).items()]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        seeds, kept = [int(s) for s in self.params.seeds], []
-        for override in parser.parse_overrides([*grid, *arguments]):
-            key = override.get_key_element().lstrip("+~")
-            if key == "seed":
-                values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-                seeds = [int(v) for v in values]
-            else:
-                check_key(key)
-                kept.append(override)
-        return kept, seeds
+        return split_seeds(parser.parse_overrides([*grid, *arguments]), [int(s) for s in self.params.seeds])
 
     @staticmethod
     def _grid(overrides: list[Override]) -> tuple[list[tuple[list[str], dict[str, str]]], set[str]]:
