@@ -25,14 +25,17 @@ else
   "$bin/python" -c "import torch; print(torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
   precision=bf16; methods=(full lora qlora dora); lm_steps=(); cls_steps=()
 fi
+# Causal-LM runs score WikiText-2 before and after training (harness/forgetting.py): the local copy when there is one.
+general_text=(forgetting=none)
+if [ -f "${DATA_ROOT:-../shared/data}/wikitext2/test.txt" ]; then general_text=(data_root="${DATA_ROOT:-../shared/data}"); fi
 run() { "$bin/harness-run" seed=0 results_dir="$out" force=true "$@" || echo "failed: $* (recorded in $out/runs)"; }
 for method in "${methods[@]}"; do
   run model=minilm task=toy_sentiment budget=tiny method="$method" train.precision="$precision" "${cls_steps[@]}"
 done
 run model=smollm2_135m method=lora task=arithmetic_1step objective=sft budget=tiny budget.max_eval_samples=32 \
-  train.precision="$precision" "${lm_steps[@]}"
+  train.precision="$precision" "${general_text[@]}" "${lm_steps[@]}"
 run model=smollm2_135m method=lora task=arithmetic_1step_pref objective=dpo budget=tiny budget.max_eval_samples=32 \
-  train.precision="$precision" "${lm_steps[@]}"
+  train.precision="$precision" "${general_text[@]}" "${lm_steps[@]}"
 "$bin/python" - "$out" <<'EOF'
 import json, sys
 from pathlib import Path

@@ -13,7 +13,10 @@ out=${1:-results/benchmarks/objectives_smollm2}
 cap=${MAX_TIME_S:-600}
 sft_cap=$([ "$cap" = null ] && echo null || echo $((cap * 2)))
 export HF_HUB_OFFLINE=1
-run() { .venv/bin/harness-run model=smollm2_135m method=lora seed=0 results_dir="$out" "$@" || echo "failed: $* (recorded in $out/runs)"; }
+# Forgetting is scored on the local WikiText-2 copy when there is one (the Hub's is unreachable offline).
+general_text=(forgetting=none)
+if [ -f "${DATA_ROOT:-../shared/data}/wikitext2/test.txt" ]; then general_text=(data_root="${DATA_ROOT:-../shared/data}"); fi
+run() { .venv/bin/harness-run model=smollm2_135m method=lora seed=0 results_dir="$out" "${general_text[@]}" "$@" || echo "failed: $* (recorded in $out/runs)"; }
 run task=arithmetic_1step_pref objective=dpo budget=tiny budget.max_time_s="$cap"
 run task=arithmetic_1step_pref objective=ppo budget=tiny budget.max_time_s="$cap"
 run task=arithmetic_1step objective=sft budget=small budget.max_time_s="$sft_cap"

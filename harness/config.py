@@ -435,6 +435,16 @@ def validate_values(cfg: DictConfig) -> None:
     validate_objective(cfg.get("objective"), cfg.task)
     validate_train(cfg.train)
     check_optimizer(cfg.train)
+    validate_retention(cfg)
+
+
+def validate_retention(cfg: DictConfig) -> None:
+    """The forgetting spec's values and the retention task's name (the text and the task's data are read by
+    harness.forgetting.prepare, before any weights load)."""
+    from harness.forgetting import GeneralText, check_retention_name
+
+    GeneralText.from_config(cfg.get("forgetting"))
+    check_retention_name(cfg)
 
 
 def validate_with_libraries(cfg: DictConfig) -> None:

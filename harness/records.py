@@ -60,10 +60,13 @@ NON_IDENTITY_KEYS = (
     # budget.batch_size is the global batch whatever the world size, each process taking an equal share, so the
     # same examples make the same step (harness.distributed). The record's ``distributed`` block says how it ran.
     "distributed",
+    # What general text is scored for forgetting: the run settles its cut and content hash when it measures it
+    # (harness.forgetting.RetentionInputs.identity), so runs that score no text (classifiers) keep their run_id.
+    "forgetting",
 )
 # Keys left out of the identity while they hold their default: added after records existed, so that adding
 # them orphans no finished run. Set otherwise they are part of it (remote code is other code).
-IDENTITY_DEFAULTS = {"model.trust_remote_code": False}
+IDENTITY_DEFAULTS = {"model.trust_remote_code": False, "retention_task": None}
 # A pruned trial is finished too: re-running it would spend the same compute to be pruned again.
 FINISHED_STATUSES = ("success", "pruned")
 REQUIRED_FIELDS = (
@@ -214,6 +217,8 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
             "data_seed": fitted.schedule.data_seed,
         },
         "samples_file": saved.samples_file,
+        "forgetting": fitted.forgetting,
+        "retention": fitted.retention,
         "distributed": {**record["distributed"], **fitted.distributed},
         "primary_metric": {
             **record["primary_metric"],

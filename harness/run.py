@@ -22,7 +22,7 @@ from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
 
 from harness import budget as budget_stage
-from harness import data, distributed, measure, methods, models, records
+from harness import data, distributed, forgetting, measure, methods, models, records
 from harness.config import ConfigError, check_target_modules, validate
 from harness.objectives.base import FittedRun, RunInputs
 
@@ -63,6 +63,7 @@ class PreparedRun:
     objective: Any
     device: torch.device
     identity: dict[str, Any]  # what the config leaves open and this run settles (part of run_id)
+    retention: forgetting.RetentionInputs  # what is scored before and after training beyond the task
 
     @property
     def precision(self) -> str:
@@ -114,10 +115,20 @@ def prepare(cfg: DictConfig) -> PreparedRun:
         check_target_modules(names, methods_target, f"method.{key}")
     device = _device()
     distributed.check_device(cfg, device.type)
-    identity = settled_identity(cfg, device, data_sha256)
+    retention = forgetting.prepare(cfg, objective.head, cfg.task.type)
+    identity = settled_identity(cfg, device, data_sha256) | retention.identity()
     rid = records.run_id(cfg, identity)
     return PreparedRun(
-        cfg, rid, records.record_path(cfg.results_dir, rid), splits, method_object, context, objective, device, identity
+        cfg,
+        rid,
+        records.record_path(cfg.results_dir, rid),
+        splits,
+        method_object,
+        context,
+        objective,
+        device,
+        identity,
+        retention,
     )
 
 
@@ -184,6 +195,7 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
         precision=prepared.precision,
         callbacks=callbacks,
         data_sha256=prepared.identity["data_sha256"],
+        retention=prepared.retention,
         on_wrapped=lambda sizes: record.update(records.wrapped_fields(sizes)),
     )
     fitted = prepared.objective.fit(inputs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SETTLED, TINY, compose_config
+from conftest import GENERAL_TEXT, SETTLED, TINY, compose_config
 from torch import nn
 from transformers import TrainerCallback
 
@@ -30,6 +30,7 @@ TINY_CLS = [
 ]
 # The tiny random Llama, two steps of four examples, the cheapest evaluations that still run.
 TINY_LM = [
+    *GENERAL_TEXT,
     "model=tiny_llama",
     "budget=tiny",
     "budget.max_steps=2",

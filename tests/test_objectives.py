@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_config, run_cli_with
+from conftest import GENERAL_TEXT, TINY, compose_config, run_cli_with
 
 from harness import records
 from harness.config import ConfigError
@@ -14,6 +14,7 @@ from harness.run import build_objective
 
 # A 2-step run of the tiny random Llama (SmolLM2's tokenizer and chat template) on a small draw of a task.
 TINY_LM = [
+    *GENERAL_TEXT,
     "model=tiny_llama",
     "budget=tiny",
     "budget.max_steps=2",
@@ -282,6 +283,7 @@ def test_bad_online_rl_settings_are_one_line_errors(overrides, message):
 
 # A few LoRA steps of the real SmolLM2-135M-Instruct (the GGUF conversion is cached after the first run).
 SMOLLM2_FEW_STEPS = [
+    *GENERAL_TEXT,
     "model=smollm2_135m",
     "method=lora",
     "budget=tiny",
@@ -303,6 +305,16 @@ def test_sft_on_the_embedded_smollm2_trains_and_generates(tmp_path):
     assert record["status"] == "success" and record["params"]["total"] > 134_000_000
     samples = [json.loads(line) for line in (tmp_path / "runs" / record["samples_file"]).read_text().splitlines()]
     assert all(s["generation"].strip() for s in samples)  # a real model answers something
+    _knows_general_text(record)
+
+
+def _knows_general_text(record: dict) -> None:
+    """A real language model scores WikiText-2 far below a random one (ln 49152 = 10.8 nats), before and after."""
+    if "forgetting=none" in GENERAL_TEXT:
+        return
+    block = record["forgetting"]
+    assert 1.0 < block["before_ce"] < 5.0 and 1.0 < block["after_ce"] < 5.0, block
+    assert block["forgetting"] == pytest.approx(block["after_ce"] - block["before_ce"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -316,6 +328,8 @@ def test_dpo_and_ppo_on_the_embedded_smollm2_write_generation_metrics(tmp_path):
         for split in ("validation", "test"):
             assert {"mean_token_logprob_accuracy", "exact_match"} <= set(runs[objective]["metrics"][split])
     assert runs["ppo"]["compute"]["rollout_tokens"] > 0 and runs["ppo"]["compute"]["reward_evaluations"] == 3 * 4
+    for record in runs.values():
+        _knows_general_text(record)
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,8 @@ class FittedRun:
     schedule: TrainerSchedule
     samples: list[dict[str, Any]] = field(default_factory=list)  # generations kept beside the record
     distributed: dict[str, Any] = field(default_factory=dict)  # backend, hosts, each process's batch (see fit)
+    forgetting: dict[str, Any] | None = None  # general text scored before and after (harness.forgetting)
+    retention: dict[str, Any] | None = None  # a second task's test split scored after (encoder runs)
 
 
 def _ignore(sizes: ModelSizes) -> None:
@@ -106,6 +108,7 @@ class RunInputs:
     precision: str
     callbacks: list[Any]
     data_sha256: dict[str, str] | None = None  # the splits' content hash (keys caches of derived data)
+    retention: Any = None  # harness.forgetting.RetentionInputs: what is scored before and after training
     on_wrapped: Callable[[ModelSizes], None] = _ignore  # told the sizes at once: a run failing later still has them
 
 
@@ -272,9 +275,13 @@ class Objective(ABC):
         budget = budget_stage.BudgetCallback(inputs.cfg.budget)
         callbacks = [budget, *methods.method_callbacks(wrapped.trained), *inputs.callbacks]
         held_out = held_out_splits(inputs.cfg, inputs.splits)
+        probe = self.retention_probe(inputs)
+        if probe is not None:  # before any trainer exists: the starting model, outside every window and clock
+            probe.before(wrapped.evaluated)
         setup = self.build_trainer(inputs, wrapped, held_out, callbacks)
         meter, eval_clock, evaluated = self._train_and_evaluate(setup, list(held_out), inputs.device, budget)
         trainer = setup.trainer
+        retained = _after_training(probe, wrapped.evaluated, trainer) if probe is not None else None
         frozen = [model for model in self.frozen_models(trainer, wrapped) if model is not None]
         return FittedRun(
             model=trainer.model,
@@ -289,6 +296,8 @@ class Objective(ABC):
             schedule=TrainerSchedule(trainer.args.lr_scheduler_type, trainer.args.warmup_steps, trainer.args.data_seed),
             samples=self.samples(trainer),
             distributed=_process_layout(trainer),
+            forgetting=retained if self.head == "causal_lm" else None,
+            retention=retained if self.head != "causal_lm" else None,
         )
 
     def _train_and_evaluate(
@@ -317,6 +326,16 @@ class Objective(ABC):
         finally:
             meter.stop()
         return meter, eval_clock, evaluated
+
+    def retention_probe(self, inputs: RunInputs):
+        """Hook: what scores the model before and after training beyond its task. A causal LM is scored on the
+        general text (``forgetting``); other heads have nothing to score by default (see the classifier's)."""
+        from harness.forgetting import ForgettingProbe
+
+        general = inputs.retention.general_text if inputs.retention is not None else None
+        if self.head != "causal_lm" or general is None:
+            return None
+        return ForgettingProbe(*general, models.load_tokenizer(inputs.cfg.model), inputs.device)
 
     def load_models(self, inputs: RunInputs) -> WrappedModels:
         """Hook: the models loaded and wrapped by the method (counted as they are, before any trainer exists).
@@ -353,6 +372,15 @@ class Objective(ABC):
     def samples(self, trainer: Any) -> list[dict[str, Any]]:
         """Hook: generations to keep beside the record (none for a scorer)."""
         return []
+
+
+def _after_training(probe: Any, model: nn.Module, trainer: Any) -> dict[str, Any]:
+    """The probe's after-training figures; a failure there (out of memory on a long text) is recorded in the
+    block instead of failing a run whose training and evaluation are done."""
+    try:
+        return probe.after(model, trainer)
+    except Exception as error:  # a side measurement failing is its block's failure, not the run's
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def validated_at_end(curve: list[dict[str, Any]], final_step: int, prefix: str) -> dict[str, Any] | None:

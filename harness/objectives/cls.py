@@ -107,6 +107,13 @@ class ClassificationObjective(Objective):
     def num_labels(self, cfg: DictConfig) -> int:
         return len(cfg.task.label_names)
 
+    def retention_probe(self, inputs: RunInputs):
+        """The retention task's test split, scored by the final model when ``retention_task`` is set."""
+        from harness.forgetting import SecondTaskProbe
+
+        second = inputs.retention.second_task if inputs.retention is not None else None
+        return SecondTaskProbe(second, inputs.cfg, inputs.device) if second is not None else None
+
     def load_model(self, cfg, quantization: str | None):
         return models.load_classifier(cfg.model, self.num_labels(cfg), quantization, cfg.seed)
 

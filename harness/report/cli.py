@@ -155,6 +155,9 @@ def _figures(folder, tables, cells, chosen, frame, tuning, studies, records) -> 
             ),
             plots.save(plots.quality_vs_budget(rows, palette, title), folder, f"{slug}_quality_vs_budget"),
         ]
+        if rows["forgetting"].notna().any():  # causal-LM runs scored on general text (harness.forgetting)
+            figure = plots.tradeoff(rows, "forgetting", "forgetting (Δ CE, nats/token)", False, palette, title)
+            paths.append(plots.save(figure, folder, f"{slug}_quality_vs_forgetting"))
         run_ids = set(chosen.loc[chosen["cell"].isin(rows["cell"]) & _in_display(chosen, display), "run_id"])
         display_curves = curves[curves["run_id"].isin(run_ids)]
         if not display_curves.empty:

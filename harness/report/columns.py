@@ -69,6 +69,13 @@ def _objective(values: pd.Series) -> str:
     return values.fillna("cls").iloc[0]  # a classification run records no objective
 
 
+def _one_or_mixed(values: pd.Series) -> Any:
+    """A value the seeds should share (the text forgetting was scored on): "mixed" when they do not, so that a
+    mean over different texts is never read as one figure."""
+    distinct = values.dropna().unique()
+    return distinct[0] if len(distinct) == 1 else ("mixed" if len(distinct) else None)
+
+
 def _flag(values: pd.Series) -> bool:
     return bool(values.iloc[0])
 
@@ -123,8 +130,8 @@ def p_value(value: float) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def fronts(params: bool, memory: bool) -> str:
-    return ", ".join(name for name, on in (("params", params), ("memory", memory)) if on)
+def fronts(params: bool, memory: bool, forgetting: bool) -> str:
+    return ", ".join(name for name, on in (("params", params), ("memory", memory), ("forgetting", forgetting)) if on)
 
 
 def _varies(key: str) -> Callable[[pd.DataFrame], bool]:
@@ -190,6 +197,31 @@ COLUMNS: tuple[Column, ...] = (
     C("train_tokens", "train_tokens", mean),
     C("train_tflops", "train_tflops", mean),
     C("tuned_params", "tuned_params", first),
+    # What training cost elsewhere (harness.forgetting): shown where some record measured it.
+    C(
+        "forgetting",
+        "forgetting",
+        mean,
+        "Forgetting (Δ CE, nats/token)",
+        number,
+        decimals=3,
+        better="lower",
+        when=_counted("forgetting"),
+    ),
+    C("ce_before", "ce_before", mean),
+    C("ce_after", "ce_after", mean),
+    C("forgetting_text", "forgetting_text", _one_or_mixed),
+    C(
+        "retention",
+        "retention",
+        mean,
+        "Retention (2nd task)",
+        number,
+        decimals=3,
+        better="higher",
+        when=_counted("retention"),
+    ),
+    C("retention_task", "retention_task", _one_or_mixed),
     # Paired comparison with the reference method (stats.compare_paired) and Pareto fronts (stats.pareto_front).
     C(
         "delta",
@@ -203,8 +235,9 @@ COLUMNS: tuple[Column, ...] = (
     C("p_ttest", header="p (t)", show=p_value, when=has_reference),
     C("p_wilcoxon", header="p (W)", show=p_value, when=has_reference),
     C("is_reference"),
-    C("pareto_params", header="Pareto", show=fronts, reads=("pareto_params", "pareto_memory")),
+    C("pareto_params", header="Pareto", show=fronts, reads=("pareto_params", "pareto_memory", "pareto_forgetting")),
     C("pareto_memory"),
+    C("pareto_forgetting"),
 )
 
 

@@ -114,9 +114,10 @@ def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, kind: str) -
         f"Train peak {kind}: " + "; ".join(MEMORY_NOTES.get(s, str(s)) for s in sources) + ". Above load: that peak "
         "minus the memory in use when training began (model loaded). Weights: bytes of the trained model's parameters "
         "and buffers as stored (a 4-bit base at its packed size).",
-        "Pareto: on the front of quality against the method's own parameters (params) or against the training peak "
-        "memory (memory), within the budget.",
+        "Pareto: on the front of quality against the method's own parameters (params), against the training peak "
+        "memory (memory) or against forgetting (forgetting), within the budget.",
     ]
+    notes += _retention_notes(rows)
     if has_reference:
         notes.append(
             f"Δ: mean paired difference to {reference} over matching seeds "
@@ -127,6 +128,29 @@ def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, kind: str) -
         notes.append(f"No {reference} runs in this table, so no paired comparison (choose one with --reference).")
     notes += _tuning_notes(rows)
     notes += [f"{row.label}: left out {row.left_out}." for row in rows.itertuples() if row.left_out]
+    return notes
+
+
+def _retention_notes(rows: pd.DataFrame) -> list[str]:
+    """What the forgetting and retention columns measured, and a warning when rows scored different texts."""
+    notes = []
+    texts = set(rows["forgetting_text"].dropna())
+    if texts:
+        warning = (
+            f" Rows here scored {len(texts)} different texts (sha256 {', '.join(sorted(texts))}): not comparable."
+            if len(texts) > 1 or "mixed" in texts
+            else f" Text sha256 {next(iter(texts))}…."
+        )
+        notes.append(
+            "Forgetting: the rise of the model's per-token cross-entropy (nats) on a fixed sample of general text, "
+            "after training minus before (the starting model, adapters disabled); lower is better." + warning
+        )
+    tasks = set(rows["retention_task"].dropna())
+    if tasks:
+        notes.append(
+            f"Retention: the final model's primary metric on the test split of {', '.join(sorted(tasks))}, "
+            "a second task with the same labels; higher is better."
+        )
     return notes
 
 

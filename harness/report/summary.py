@@ -165,13 +165,20 @@ def _add_comparisons(summary: pd.DataFrame, chosen: pd.DataFrame, reference: str
 
 
 def _add_pareto(summary: pd.DataFrame) -> pd.DataFrame:
-    """Pareto membership within each block: fewest method parameters / least training memory for the quality."""
+    """Pareto membership within each block: fewest method parameters / least training memory / least forgetting
+    for the quality (a block without forgetting figures has no forgetting front)."""
     summary = summary.copy()
     summary["pareto_params"] = False
     summary["pareto_memory"] = False
+    summary["pareto_forgetting"] = False
+    fronts = (
+        ("method_params", "pareto_params"),
+        ("train_peak_mib", "pareto_memory"),
+        ("forgetting", "pareto_forgetting"),
+    )
     for _, block in summary.groupby(BLOCK, sort=False):
         higher = bool(block["higher_is_better"].iloc[0])
-        for cost, column in (("method_params", "pareto_params"), ("train_peak_mib", "pareto_memory")):
+        for cost, column in fronts:
             front = stats.pareto_front(block[cost].tolist(), block["mean"].tolist(), higher)
             summary.loc[block.index, column] = front
     return summary

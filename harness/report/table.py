@@ -63,6 +63,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     primary, params = record.get("primary_metric") or {}, record.get("params") or {}
     memory, time_, compute = _memory(record), record.get("time") or {}, record.get("compute") or {}
     tuning, config = record.get("tuning") or {}, record.get("config") or {}
+    forgetting, retention = record.get("forgetting") or {}, record.get("retention") or {}
     return {
         "run_id": record.get("run_id"),
         "model": record.get("model"),
@@ -104,6 +105,13 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "train_tflops": _scaled(compute.get("train_flops"), 1e12),
         "mfu_pct": _scaled(compute.get("mfu"), 0.01),
         "steps": compute.get("steps"),
+        # General text's per-token cross-entropy before and after training, and its rise (harness.forgetting).
+        "forgetting": forgetting.get("forgetting"),
+        "ce_before": forgetting.get("before_ce"),
+        "ce_after": forgetting.get("after_ce"),
+        "forgetting_text": (forgetting.get("text_sha256") or "")[:12] or None,
+        "retention": (retention.get("primary_metric") or {}).get("value"),
+        "retention_task": retention.get("task"),
         "pruned_at_step": record.get("pruned_at_step"),
         "trained_kib": (record.get("trained_bytes") or 0) / 1024 or None,
         "finished_at": record.get("finished_at"),

@@ -1,0 +1,425 @@
+"""What training cost the model elsewhere: forgetting on general text, retention on a second task.
+
+A method that wins on its task by wrecking the model's language modelling is
+not the better method; PEFT's method comparison reports forgetting beside
+accuracy for that reason. Every causal-LM run scores a fixed sample of general
+text (``conf/forgetting/``: WikiText-2 by default) before training and after,
+as the per-token cross-entropy of the model's own tokenisation, and records
+both and their difference. "Before" is the starting model: for PEFT methods
+the same wrapped model with its adapter disabled (prompt and prefix tuning
+change the output from the first step), for the others the model before its
+first step (full fine-tuning, BitFit, and bottleneck adapters, whose up
+projection starts at zero). Both passes run outside the budget's clock and the
+memory meter's windows, so they change no other figure of the record.
+
+The per-token figure is the mean over every predicted token of the sample,
+not a mean of per-window means (the last window is shorter), with padding
+positions masked out of the targets and the logits shifted by one against the
+labels: the two places peers' forgetting numbers are known to go wrong, both
+tested. The windows hold ``tokens`` tokens in all; each window's first token
+has no context and is not scored.
+
+An encoder classification run has no language-modelling head to score; with
+``retention_task=<task>`` set, its final model is scored on that task's test
+split (same label names required, so the trained head means the same there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError, root_cause_line
+from harness.paths import project_path
+
+if TYPE_CHECKING:  # the command line checks the spec (validate_retention) without importing torch
+    import torch
+    from torch import nn
+
+# WikiText's tokenised files write a hyphen, comma or point between digits or words as " @-@ ", " @,@ ", " @.@ ".
+WIKITEXT_ESCAPES = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
+UNESCAPES = {"wikitext": WIKITEXT_ESCAPES, None: ()}
+# Characters read per token wanted, to tokenise only the start of a long text (doubled until it suffices).
+CHARACTERS_PER_TOKEN = 6
+
+
+@dataclass(frozen=True)
+class GeneralText:
+    """A ``conf/forgetting/`` spec: where the text comes from and how much of it is scored."""
+
+    name: str
+    hub: dict[str, Any] | None = None  # path, name, split, column (datasets.load_dataset)
+    local: dict[str, Any] | None = None  # root (${data_root}), file under it, unescape
+    tokens: int = 4096
+    sequence_length: int = 256
+    batch_size: int = 8
+
+    @classmethod
+    def from_config(cls, node: DictConfig | None) -> GeneralText | None:
+        """The spec, or None when forgetting is off (``forgetting=none``)."""
+        if node is None or node.get("name") in (None, "none"):
+            return None
+        plain = OmegaConf.to_container(node, resolve=True)
+        unknown = sorted(set(plain) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"forgetting.{unknown[0]}", f"unknown key; allowed: {', '.join(cls.__dataclass_fields__)}"
+            )
+        spec = cls(**plain)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        for key in ("tokens", "sequence_length", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (2 if key != "batch_size" else 1):
+                raise ConfigError(
+                    f"forgetting.{key}", f"must be an integer >= {2 if key != 'batch_size' else 1} (got {value!r})"
+                )
+        if (self.local or {}).get("unescape") not in UNESCAPES:
+            raise ConfigError("forgetting.local.unescape", f"allowed: {', '.join(str(k) for k in UNESCAPES)}")
+        if self.local_file is None and not (self.hub or {}).get("path"):
+            raise ConfigError("forgetting.hub.path", "names no dataset, and no local.root is set (data_root=...)")
+
+    @property
+    def local_file(self) -> Path | None:
+        """The local copy (``data_root``/file) when a data root is set; None reads the Hub."""
+        local = self.local or {}
+        return project_path(local["root"]) / local["file"] if local.get("root") and local.get("file") else None
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two forgetting figures comparable: the sample's size and cut (where it was read from is not)."""
+        return {"name": self.name, "tokens": self.tokens, "sequence_length": self.sequence_length}
+
+
+@dataclass(frozen=True)
+class TextSample:
+    """The general text as read, its content hash and where it came from."""
+
+    text: str
+    sha256: str
+    source: str
+
+
+def read_text(spec: GeneralText) -> TextSample:
+    """The whole text, from the local copy when a data root is set, else the Hub; checked before weights load."""
+    path = spec.local_file
+    if path is not None:
+        from harness.data.load import check_data_file
+
+        check_data_file(path, "forgetting.local.file")
+        text = path.read_text(encoding="utf-8")
+        for escaped, plain in UNESCAPES[(spec.local or {}).get("unescape")]:
+            text = text.replace(escaped, plain)
+        source = str(path)
+    else:
+        text, source = _hub_text(spec.hub or {})
+    return TextSample(text, hashlib.sha256(text.encode()).hexdigest(), source)
+
+
+def _hub_text(hub: dict[str, Any]) -> tuple[str, str]:
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(hub["path"], hub.get("name"), split=hub.get("split", "test"))
+    except Exception as error:  # offline, unknown dataset: one line naming the key and the way out
+        raise ConfigError(
+            "forgetting.hub",
+            f"cannot load {hub['path']!r} (offline? set data_root=... for the local copy, or forgetting=none): "
+            f"{root_cause_line(error)}",
+        ) from None
+    column = hub.get("column", "text")
+    if column not in rows.column_names:
+        raise ConfigError(
+            "forgetting.hub.column", f"{column!r} is not a column; allowed: {', '.join(rows.column_names)}"
+        )
+    return "".join(rows[column]), f"{hub['path']}/{hub.get('name')}:{hub.get('split', 'test')}"
+
+
+def token_windows(tokenizer, text: str, tokens: int, sequence_length: int) -> list[list[int]]:
+    """The first ``tokens`` tokens of ``text`` in the model's own tokenisation, cut into windows of
+    ``sequence_length`` (the last may be shorter). No special tokens: the text is scored as it is."""
+    characters = tokens * CHARACTERS_PER_TOKEN
+    while True:
+        ids = tokenizer(text[:characters], add_special_tokens=False)["input_ids"]
+        if len(ids) > tokens or characters >= len(text):
+            break
+        characters *= 2
+    if len(ids) < tokens:
+        raise ConfigError(
+            "forgetting.tokens", f"the text has {len(ids)} tokens in this model's tokenisation, fewer than {tokens}"
+        )
+    ids = ids[:tokens]
+    return [ids[start : start + sequence_length] for start in range(0, tokens, sequence_length)]
+
+
+def padded_batch(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows right-padded to the longest, with the attention mask of their real tokens."""
+    import torch
+
+    width = max(len(w) for w in windows)
+    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    for row, window in enumerate(windows):
+        ids[row, : len(window)] = torch.tensor(window, dtype=torch.long)
+        mask[row, : len(window)] = 1
+    return ids, mask
+
+
+def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each real token's negative log-likelihood given the tokens before it, in order, padding excluded.
+
+    Position ``t``'s logits predict token ``t + 1``; a target that is padding is no token. ``logits`` may
+    carry extra leading positions (prompt tuning's virtual tokens): the last ``ids.shape[1]`` are the text's.
+    """
+    import torch
+
+    logits = logits[:, -ids.shape[1] :].float()
+    predicted, targets = logits[:, :-1], ids[:, 1:]
+    real = mask[:, 1:].bool()
+    losses = torch.nn.functional.cross_entropy(predicted.transpose(1, 2), targets, reduction="none")
+    return losses[real]
+
+
+def score(model: nn.Module, windows: list[list[int]], batch_size: int, pad_id: int) -> torch.Tensor:
+    """Every scored token's loss under ``model`` (eval mode for the pass, its mode restored after)."""
+    import torch
+
+    device = next(p.device for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _losses(model, windows, batch_size, pad_id, device)
+    finally:
+        model.train(was_training)
+
+
+def _losses(model: nn.Module, windows: list[list[int]], batch_size: int, pad_id: int, device) -> torch.Tensor:
+    import torch
+
+    parts = []
+    for start in range(0, len(windows), batch_size):
+        ids, mask = padded_batch(windows[start : start + batch_size], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        parts.append(token_losses(logits, ids, mask).cpu())
+    return torch.cat(parts)
+
+
+def adapters_off(model: nn.Module):
+    """The starting model: a PEFT model's adapters disabled (PEFT's own context), any other model as it is."""
+    from contextlib import nullcontext
+
+    from harness.methods import is_peft_model
+
+    return model.disable_adapter() if is_peft_model(model) else nullcontext()
+
+
+class ForgettingProbe:
+    """Scores one run's model on the general text before and after training, and says what changed."""
+
+    def __init__(self, spec: GeneralText, sample: TextSample, tokenizer, device: torch.device):
+        self.spec, self.sample, self.device = spec, sample, device
+        self.windows = token_windows(tokenizer, sample.text, spec.tokens, spec.sequence_length)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.before_losses: torch.Tensor | None = None
+        self.seconds = 0.0
+
+    def before(self, model: nn.Module) -> None:
+        from harness.measure import Stopwatch
+
+        _to_run_device(model, self.device)
+        with Stopwatch(self.device) as clock, adapters_off(model):
+            self.before_losses = score(model, self.windows, self.spec.batch_size, self.pad_id)
+        self.seconds += clock.seconds
+
+    def after(self, model: nn.Module, trainer: Any = None) -> dict[str, Any]:
+        from harness.measure import Stopwatch
+
+        with Stopwatch(self.device) as clock:
+            after = score(model, self.windows, self.spec.batch_size, self.pad_id)
+        self.seconds += clock.seconds
+        return forgetting_fields(self.before_losses, after) | {
+            "sequence_length": self.spec.sequence_length,
+            "windows": len(self.windows),
+            "text": self.spec.name,
+            "text_sha256": self.sample.sha256,
+            "source": self.sample.source,
+            "seconds": self.seconds,
+        }
+
+
+def _to_run_device(model: nn.Module, device: torch.device) -> None:
+    """Score where the run trains (the trainer would move the model there next); a quantized model was placed
+    on its device at load time and cannot be moved."""
+    if (
+        device.type != "cpu"
+        and getattr(model, "hf_device_map", None) is None
+        and not getattr(model, "is_quantized", False)
+    ):
+        model.to(device)
+
+
+def forgetting_fields(before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
+    """Per-token cross-entropy (nats) before and after, their difference (positive: the model got worse on the
+    text), and the standard error of that difference over the paired tokens."""
+    difference = after.double() - before.double()
+    n = difference.numel()
+    stderr = float(difference.std(unbiased=True)) / math.sqrt(n) if n > 1 else None
+    return {
+        "before_ce": float(before.double().mean()),
+        "after_ce": float(after.double().mean()),
+        "forgetting": float(difference.mean()),
+        "forgetting_stderr": stderr,
+        "scored_tokens": n,
+    }
+
+
+@dataclass(frozen=True)
+class SecondTask:
+    """The retention task of an encoder run: its composed config and its test rows."""
+
+    task: DictConfig
+    test_rows: Any
+    test_sha256: str
+
+
+@dataclass(frozen=True)
+class RetentionInputs:
+    """What :func:`prepare` read for the after-training checks; a part that is off is None."""
+
+    general_text: tuple[GeneralText, TextSample] | None = None
+    second_task: SecondTask | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What the run settles beyond its config: the scored text's cut and content, the second task's test data.
+        Empty when nothing is measured, so runs that measure nothing keep their run_id."""
+        settled: dict[str, Any] = {}
+        if self.general_text is not None:
+            spec, sample = self.general_text
+            settled["forgetting"] = {**spec.identity(), "text_sha256": sample.sha256}
+        if self.second_task is not None:
+            settled["retention"] = {"task": self.second_task.task.name, "test_sha256": self.second_task.test_sha256}
+        return settled
+
+
+def prepare(cfg: DictConfig, head: str, task_type_of_training: str) -> RetentionInputs:
+    """Read (before any weights load) what the run will be scored on after training: the general text for a
+    causal LM, the retention task's test split for a classifier with ``retention_task`` set."""
+    general = None
+    if head == "causal_lm":
+        spec = GeneralText.from_config(cfg.get("forgetting"))
+        general = (spec, read_text(spec)) if spec is not None else None
+    second = None
+    if cfg.get("retention_task") is not None:
+        second = _second_task(cfg, head, task_type_of_training)
+    return RetentionInputs(general, second)
+
+
+def check_retention_name(cfg: DictConfig) -> None:
+    """``retention_task`` names a task of tasks/ (cheap: the command line checks it before Hydra writes)."""
+    from harness.data.catalog import task_names
+
+    name = cfg.get("retention_task")
+    if name is None:
+        return
+    names = task_names()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError("retention_task", f"no task {name!r}{hint}; allowed: null, {', '.join(names)}")
+
+
+def _second_task(cfg: DictConfig, head: str, task_type: str) -> SecondTask:
+    from harness import data
+
+    check_retention_name(cfg)
+    if head != "sequence_classification" or task_type != "classification":
+        raise ConfigError(
+            "retention_task", "applies to classification runs (causal-LM runs measure forgetting: forgetting=...)"
+        )
+    task = compose_task(cfg.retention_task, cfg.get("data_root"))
+    if task.type != "classification":
+        raise ConfigError(
+            "retention_task", f"{task.name} is a {task.type} task; a classifier is scored on a classification task"
+        )
+    if list(task.label_names) != list(cfg.task.label_names):
+        raise ConfigError(
+            "retention_task",
+            f"{task.name}'s labels {list(task.label_names)} differ from {cfg.task.name}'s {list(cfg.task.label_names)}; "
+            "the trained head only means something on a task with the same labels",
+        )
+    splits, sha256 = data.load_fingerprinted(task)
+    return SecondTask(task, splits["test"], sha256["test"])
+
+
+def compose_task(name: str, data_root: str | None) -> DictConfig:
+    """A task's config as ``task=<name>`` composes it, resolved with this run's ``data_root``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.data.catalog import register_tasks
+    from harness.paths import config_dir
+
+    register_tasks()  # the task group lives in Hydra's ConfigStore (harness.data.catalog)
+    if GlobalHydra.instance().is_initialized():
+        full = compose("config", overrides=[f"task={name}"])
+    else:
+        with initialize_config_dir(config_dir(), version_base=None):
+            full = compose("config", overrides=[f"task={name}"])
+    full.data_root = data_root
+    return OmegaConf.create(OmegaConf.to_container(full.task, resolve=True))
+
+
+class SecondTaskProbe:
+    """Scores an encoder run's final model on the retention task's test split (capped as the run's test split is),
+    through the run's own trainer, outside the memory meter's windows and the evaluation clock."""
+
+    def __init__(self, second: SecondTask, cfg: DictConfig, device: torch.device):
+        self.second, self.cfg, self.device = second, cfg, device
+
+    def before(self, model: nn.Module) -> None:
+        """Nothing: the new head is untrained before the first step, so its score there is chance by design."""
+
+    def after(self, model: nn.Module, trainer: Any) -> dict[str, Any]:
+        from datasets import DatasetDict
+
+        from harness import budget, data, models
+        from harness.measure import Stopwatch
+        from harness.objectives.cls import by_length
+
+        task, cap = self.second.task, self.cfg.budget.get("max_eval_samples")
+        tokenizer = models.load_tokenizer(self.cfg.model)
+        tokenized = data.tokenize(
+            DatasetDict({"train": self.second.test_rows}),  # tokenize reads the columns off a "train" split
+            tokenizer,
+            budget.sequence_length(self.cfg),
+            {"train": self.second.test_sha256},
+        )
+        rows = by_length(data.cap_eval(tokenized["train"], cap))
+        trainer.memory_meter = None  # the run's memory windows are closed: this pass is none of theirs
+        with Stopwatch(self.device) as clock:
+            scores = trainer.evaluate(rows, metric_key_prefix="retention")
+        metrics = {
+            k.removeprefix("retention_"): v
+            for k, v in scores.items()
+            if not k.endswith(("runtime", "per_second", "epoch"))
+        }
+        primary = task.primary_metric
+        return {
+            "task": task.name,
+            "split": "test",
+            "examples": len(rows),
+            "metrics": metrics,
+            "primary_metric": {"name": primary, "value": metrics.get(primary)},
+            "test_sha256": self.second.test_sha256,
+            "seconds": clock.seconds,
+        }
