@@ -98,8 +98,21 @@ def _summary(record: dict) -> str:
         f"{record['status']}, {primary['name']} val={_figure(primary['validation'])} test={_figure(primary['test'])}; "
         f"method params {record['params']['method']:,} of {record['params']['total']:,}; "
         f"train peak {_mib(record['memory']['train_peak_bytes'])} ({_mib(record['memory']['train_peak_above_baseline_bytes'])} above load); "
-        f"{record['time']['train_seconds']:.1f}s train -> {record['run_id']}"
+        f"{record['time']['train_seconds']:.1f}s train{_retention_text(record)} -> {record['run_id']}"
     )
+
+
+def _retention_text(record: dict) -> str:
+    """The forgetting or retention figure, when the run measured one (harness.forgetting)."""
+    block = record.get("forgetting") or {}
+    if "forgetting" in block:
+        return (
+            f"; forgetting {block['forgetting']:+.4f} nats/token ({block['before_ce']:.3f} -> {block['after_ce']:.3f})"
+        )
+    retention = (record.get("retention") or {}).get("primary_metric") or {}
+    if retention.get("value") is not None:
+        return f"; retention {retention['name']} {retention['value']:.4f} on {record['retention']['task']}"
+    return ""
 
 
 def run_one(cfg: DictConfig) -> dict | None:
