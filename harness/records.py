@@ -205,6 +205,8 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
         "compute": _compute(fitted),
         "learning_curve": fitted.learning_curve,
         "rank_allocation": fitted.rank_allocation,
+        "forgetting": fitted.forgetting,
+        "retention": fitted.retention,
         "trained_bytes": saved.trained_bytes,
         "artifact_dir": saved.artifact_dir,
         "training": {
@@ -217,8 +219,6 @@ def fitted_fields(record: dict[str, Any], cfg: DictConfig, fitted: FittedRun, sa
             "data_seed": fitted.schedule.data_seed,
         },
         "samples_file": saved.samples_file,
-        "forgetting": fitted.forgetting,
-        "retention": fitted.retention,
         "distributed": {**record["distributed"], **fitted.distributed},
         "primary_metric": {
             **record["primary_metric"],
