@@ -316,6 +316,7 @@ class Objective(ABC):
                 }
         finally:
             meter.stop()
+            budget.progress.close()  # a run that raised mid-training leaves no bar drawn over the console
         return meter, eval_clock, evaluated
 
     def load_models(self, inputs: RunInputs) -> WrappedModels:
