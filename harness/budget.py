@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from harness import distributed
+from harness import distributed, progress
 
 # Training-side logs kept in the learning curve besides the loss: what RL objectives optimise and pay.
 CURVE_TRAIN_KEYS = ("score", "reward", "kl", "clip_fraction", "response_length", "completions/mean_length")
@@ -62,11 +62,14 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class BudgetCallback(TrainerCallback):
-    """Stops training on the token or time budget and records what was spent."""
+    """Stops training on the token or time budget and records what was spent; shows it on a terminal as a
+    progress bar (``progress``, closed by the objective's ``finally`` too, should training raise)."""
 
     def __init__(self, budget: DictConfig):
         self.max_train_tokens = budget.get("max_train_tokens")
         self.max_time_s = budget.get("max_time_s")
+        limits = {"steps": budget.get("max_steps"), "train_tokens": self.max_train_tokens, "seconds": self.max_time_s}
+        self.progress = progress.RunBar(limits)
         self.stop_reason = "max_steps"
         self.train_seconds = 0.0
         self.eval_seconds = 0.0  # periodic evaluation windows inside train() (see paused): not charged
@@ -77,15 +80,25 @@ class BudgetCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self._start = time.perf_counter()
         self._training = True
+        self.progress.open(main_process=distributed.is_main_process())
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        elapsed = time.perf_counter() - self._start - self.eval_seconds
+        elapsed = self._train_elapsed()
         if self.max_train_tokens and state.num_input_tokens_seen >= self.max_train_tokens:
             self.stop_reason, control.should_training_stop = "max_train_tokens", True
         elif self.max_time_s and distributed.from_main(elapsed >= self.max_time_s):
             # rank 0's clock decides for every rank: ranks that stopped apart would wait on each other for ever
             self.stop_reason, control.should_training_stop = "max_time_s", True
+        self.progress.update(self._spent_so_far(state, elapsed))
         return control
+
+    def _train_elapsed(self) -> float:
+        """Training seconds so far: evaluation windows are not charged."""
+        return time.perf_counter() - self._start - self.eval_seconds
+
+    @staticmethod
+    def _spent_so_far(state: TrainerState, seconds: float) -> dict[str, float]:
+        return {"steps": state.global_step, "train_tokens": state.num_input_tokens_seen, "seconds": seconds}
 
     @contextmanager
     def paused(self):
@@ -121,8 +134,9 @@ class BudgetCallback(TrainerCallback):
             self.learning_curve.append({"step": state.global_step, **point})
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.train_seconds = time.perf_counter() - self._start - self.eval_seconds
+        self.train_seconds = self._train_elapsed()
         self._training = False
+        self.progress.close(self._spent_so_far(state, self.train_seconds))
 
     def spent(self, state: TrainerState) -> dict[str, Any]:
         """Steps, non-padding tokens and seconds actually consumed, whichever rule stopped it."""

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import storage as storage_stage
 from harness import study as study_stage
 from harness.config import ConfigError
+from harness.progress import SweepProgress
 from harness.search import SearchSpace, method_overrides, override_value
 
 log = logging.getLogger("harness.study")
@@ -158,6 +159,7 @@ class Sweep:
         study_stage.instantiate_component(settings.sampler, "hydra.sweeper.sampler", seed=0)
         study_stage.instantiate_component(settings.pruner, "hydra.sweeper.pruner")
         self.storages: dict[str, Any] = {}  # one Optuna storage per URL, opened while planning
+        self.progress: SweepProgress | None = None  # the terminal's line, set up by ``run``
 
     # ------------------------------------------------------------------ plan
     def plan(self, grid: Sequence[tuple[list[str], dict[str, str]]], fixed: Collection[str] = ()) -> list[Cell]:
@@ -208,10 +210,21 @@ class Sweep:
             self.tuning_seed,
             self.settings.seeds,
         )
-        summaries = [self._run_cell(cell) for cell in cells]
+        left = [max(0, self.settings.n_trials - self._finished_in_storage(cell)) for cell in cells]
+        self.progress = SweepProgress(left, self.settings.n_trials, len(self.settings.seeds))
+        summaries = [self._run_cell(cell, index) for index, cell in enumerate(cells)]
         for summary in summaries:
             log.info("%s", describe(summary))
         return summaries
+
+    def _finished_in_storage(self, cell: Cell) -> int:
+        """Trials of the cell's study already finished (an earlier sweep's, another sweeper's); 0 for a new one."""
+        storage = self._storage(cell.storage_url)
+        try:
+            study_id = storage.get_study_id_from_name(cell.study_name)
+        except KeyError:
+            return 0
+        return finished_trials(storage.get_all_trials(study_id, deepcopy=False))
 
     def _launch(self, jobs: list[Job], storage: Any = None) -> None:
         """Run jobs through ``launch``, beating for their trials meanwhile; each job's record (None when it
@@ -221,7 +234,7 @@ class Sweep:
         for job, result in zip(jobs, results, strict=True):
             job.result = result
 
-    def _run_cell(self, cell: Cell) -> dict[str, Any]:
+    def _run_cell(self, cell: Cell, index: int) -> dict[str, Any]:
         import optuna
 
         pruner = study_stage.instantiate_component(self.settings.pruner, "hydra.sweeper.pruner")
@@ -234,6 +247,7 @@ class Sweep:
         )
         study.set_user_attr("cell", cell.axes)
         study.set_user_attr("search", cell.space.describe())
+        self.progress.enter(index, finished_trials(study.get_trials(deepcopy=False)))
         self._tune(cell, study)
         finals = self._finals(cell, study)
         seeds_used = {"tuning_seed": self.tuning_seed, "final_seeds": self.settings.seeds}
@@ -291,6 +305,7 @@ class Sweep:
                 self._launch(jobs, storage)
                 for job in jobs:
                     tell(study, job, self.settings.liveness)
+                self.progress.trials_finished(len(jobs), finished_trials(study.get_trials(deepcopy=False)))
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running:
@@ -389,6 +404,7 @@ class Sweep:
             for seed in self.settings.seeds
         ]
         width = self.settings.width
+        finished: set[int] = set()  # seeds whose final ran to an end (one that raised included)
         for attempt in range(1 + self.settings.liveness.max_retry):  # a final whose worker died runs again
             pending = [job for job in jobs if job.result == LOST or (attempt == 0 and job.result is None)]
             if not pending:
@@ -396,7 +412,10 @@ class Sweep:
             if attempt:
                 log.warning("%s: %d finals lost with their workers; running them again", cell.study_name, len(pending))
             for start in range(0, len(pending), width):
-                self._launch(pending[start : start + width])
+                batch = pending[start : start + width]
+                self._launch(batch)
+                finished.update(job.seed for job in batch if job.result != LOST)
+                self.progress.finals_finished(len(batch), len(finished))
         lost = [job.seed for job in jobs if job.result == LOST]
         if lost:
             log.error("%s: finals of seeds %s lost with their workers %d times; rerun the sweep", cell.study_name,
@@ -497,6 +516,11 @@ def same_setting(study: Any, record: dict[str, Any]) -> bool:
         )
         return False
     return True
+
+
+def finished_trials(trials: list[Any]) -> int:
+    """Trials that count toward ``n_trials`` and are over (complete, pruned or failed): the sweep's ``trial t/T``."""
+    return sum(1 for trial in storage_stage.counted_trials(trials) if trial.state.is_finished())
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -325,6 +325,7 @@ class Objective(ABC):
                 }
         finally:
             meter.stop()
+            budget.progress.close()  # a run that raised mid-training leaves no bar drawn over the console
         return meter, eval_clock, evaluated
 
     def retention_probe(self, inputs: RunInputs):

@@ -313,7 +313,8 @@ caption { caption-side: top; text-align: left; padding-bottom: 0.4em; color: #44
 th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
 th { border-bottom: 2px solid #222; }
 td:first-child, th:first-child { text-align: left; }
-img { max-width: 48%; margin: 0.5em 1%; vertical-align: top; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; margin: 1em 0; }
+.figures img { max-width: calc(50% - 0.5em); height: auto; }
 .notes { font-size: 0.85em; color: #555; }
 """
 
@@ -332,9 +333,13 @@ def _write_html(out: Path, context: _Context, cells: pd.DataFrame) -> list[Path]
     for display in context.tables:
         parts += [f"<h2>{html.escape(display.title)}</h2>", render.html_table(display)]
         parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in display.notes) + "</ul>")
-        for png in context.figures.get(display.title, []):
-            encoded = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(png.stem)}' src='data:image/png;base64,{encoded}'>")
+        figures = context.figures.get(display.title, [])
+        if figures:  # two to a row (a flex row: inline images with margins wrapped one to a row; tests/test_browser.py)
+            parts.append("<p class='figures'>")
+            for png in figures:
+                encoded = base64.b64encode(png.read_bytes()).decode()
+                parts.append(f"<img alt='{html.escape(png.stem)}' src='data:image/png;base64,{encoded}'>")
+            parts.append("</p>")
     if not context.tuning.empty:
         parts += ["<h2>Tuning</h2>", _readable(context.tuning, TUNING_COLUMNS).to_html(index=False, escape=True)]
     parts.append("<h2>Failed and pruned runs</h2>")
