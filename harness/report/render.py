@@ -114,8 +114,10 @@ def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, kind: str) -
         f"Train peak {kind}: " + "; ".join(MEMORY_NOTES.get(s, str(s)) for s in sources) + ". Above load: that peak "
         "minus the memory in use when training began (model loaded). Weights: bytes of the trained model's parameters "
         "and buffers as stored (a 4-bit base at its packed size).",
-        "Pareto: on the front of quality against the method's own parameters (params), against the training peak "
-        "memory (memory) or against forgetting (forgetting), within the budget.",
+        "Pareto: on the front of quality against the method's own parameters (params) or against the training peak "
+        "memory (memory)"
+        + (", or against forgetting (forgetting)" if rows["forgetting"].notna().any() else "")
+        + ", within the budget.",
     ]
     notes += _retention_notes(rows)
     if has_reference:
