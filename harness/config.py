@@ -435,6 +435,14 @@ def validate_values(cfg: DictConfig) -> None:
     validate_objective(cfg.get("objective"), cfg.task)
     validate_train(cfg.train)
     check_optimizer(cfg.train)
+    check_tracking(cfg)
+
+
+def check_tracking(cfg: DictConfig) -> None:
+    """The experiment tracker's settings, and its package installed (harness.tracking imports no tracker)."""
+    from harness import tracking
+
+    tracking.check(cfg)
 
 
 def validate_with_libraries(cfg: DictConfig) -> None:

@@ -60,6 +60,8 @@ NON_IDENTITY_KEYS = (
     # budget.batch_size is the global batch whatever the world size, each process taking an equal share, so the
     # same examples make the same step (harness.distributed). The record's ``distributed`` block says how it ran.
     "distributed",
+    # Where the run's logs are also sent (conf/tracking/): an experiment tracker watches a run, it does not change it.
+    "tracking",
 )
 # Keys left out of the identity while they hold their default: added after records existed, so that adding
 # them orphans no finished run. Set otherwise they are part of it (remote code is other code).
