@@ -242,11 +242,74 @@ def test_ppo_logs_its_own_loop_to_the_tracker(tmp_path):
     assert {"eval/exact_match", "test/exact_match", "record/test/exact_match", "record/params/auxiliary"} <= tags
 
 
+def _wandb_records(path):
+    """The protobuf records of an offline W&B run file (``run-<id>.wandb``): a LevelDB-style log of 32 KiB
+    blocks, each record cut into chunks of a 7-byte header (CRC, length, type) and data, after a 7-byte file
+    header. wandb 0.31 ships no Python reader of its own."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, position, parts = path.read_bytes(), 32768, 7, b""
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # a block's tail too short for a header is padding
+            position += left
+            continue
+        length, kind = struct.unpack("<HB", data[position + 4 : position + 7])
+        parts += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            yield record
+
+
+def _wandb_key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
 def test_wandb_offline_run_holds_the_curve_and_the_record(tmp_path):
+    import json
+
     record = _run(tmp_path, "tracking=wandb")
     assert not any(variable in os.environ for variable in TRACKER_VARIABLES)
-    (run_dir,) = (tmp_path / "tracking" / "wandb").glob("offline-run-*")
-    summary = (run_dir / "files" / "wandb-summary.json").read_text()
-    assert f'"record/test/accuracy": {record["metrics"]["test"]["accuracy"]}' in summary
-    assert f'"record/run_id": "{record["run_id"]}"' in summary
+    (path,) = (tmp_path / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
+    history, summary, names = [], {}, []
+    for entry in _wandb_records(path):
+        kind = entry.WhichOneof("record_type")
+        if kind == "run":
+            names.append(entry.run.display_name)
+        elif kind == "history":
+            history.append({_wandb_key(item): json.loads(item.value_json) for item in entry.history.item})
+        elif kind == "summary":
+            summary.update({_wandb_key(item): json.loads(item.value_json) for item in entry.summary.update})
+    assert names == [record["run_id"]]
+    losses = [(p["step"], pytest.approx(p["loss"])) for p in record["learning_curve"] if "loss" in p]
+    assert [(h["train/global_step"], h["train/loss"]) for h in history if "train/loss" in h] == losses
+    assert [h["test/accuracy"] for h in history if "test/accuracy" in h] == [record["metrics"]["test"]["accuracy"]]
+    assert summary["record/test/accuracy"] == record["metrics"]["test"]["accuracy"]
+    assert summary["record/params/trainable"] == record["params"]["trainable"]
+    assert summary["record/run_id"] == record["run_id"] and summary["record/status"] == "success"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio is not installed")
+def test_trackio_local_run_holds_the_curve_and_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "tracking" / "trackio"))  # read once, when trackio is imported
+    import trackio
+    from trackio.sqlite_storage import SQLiteStorage
+
+    if tmp_path / "tracking" / "trackio" != trackio.utils.TRACKIO_DIR:
+        pytest.skip("trackio was imported earlier in this process, with another TRACKIO_DIR")
+    record = _run(tmp_path, "tracking=trackio")
+    (run,) = trackio.Api().runs("ft-harness")
+    assert run.name == record["run_id"] and run.config["harness"]["config"]["method"]["r"] == 8
+    logs = SQLiteStorage.get_logs("ft-harness", run.name)
+    losses = [pytest.approx(p["loss"]) for p in record["learning_curve"] if "loss" in p]
+    assert [row["train/loss"] for row in logs if "train/loss" in row] == losses
+    (headline,) = [row for row in logs if "record/test/accuracy" in row]
+    assert headline["record/test/accuracy"] == record["metrics"]["test"]["accuracy"]
+    assert headline["record/params/trainable"] == record["params"]["trainable"]
