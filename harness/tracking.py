@@ -42,7 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,6 @@ PREFIX = "record"
 KILLED = "killed"
 # A trial's told value, logged as trial/<primary metric> (its validation score, the study's objective).
 TRIAL_PREFIX = "trial"
-# Characters of a study name kept in a folder name (as in the study summaries' file names).
-UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9_.=,-]+")
-
 # Logs one told trial of a study: (Optuna study, the trial's id in its storage).
 TrialLogger = Callable[[Any, int], None]
 
@@ -77,7 +74,6 @@ class TrackedRun:
     cfg: DictConfig
     handle: Any = None  # the tracker's own run, where the harness opened it (MLflow's run id, W&B's run)
     status: str = KILLED  # the record's status once it is written
-    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def study(self) -> str | None:
@@ -348,7 +344,9 @@ class TensorBoard(Tracker):
         self.logdir = Path(_setting("logdir", logdir))
 
     def run_dir(self, run_id: str, study: str | None) -> Path:
-        folder = self.logdir / UNSAFE_IN_PATH.sub("_", study) if study else self.logdir
+        from harness.study import file_stem
+
+        folder = self.logdir / file_stem(study) if study else self.logdir
         return folder / run_id
 
     def environment(self, run: TrackedRun) -> dict[str, str]:
