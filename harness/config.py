@@ -436,6 +436,7 @@ def validate_values(cfg: DictConfig) -> None:
     validate_train(cfg.train)
     check_optimizer(cfg.train)
     validate_retention(cfg)
+    check_tracking(cfg)
 
 
 def validate_retention(cfg: DictConfig) -> None:
@@ -445,6 +446,13 @@ def validate_retention(cfg: DictConfig) -> None:
 
     GeneralText.from_config(cfg.get("forgetting"))
     check_retention_name(cfg)
+
+
+def check_tracking(cfg: DictConfig) -> None:
+    """The experiment tracker's settings, and its package installed (harness.tracking imports no tracker)."""
+    from harness import tracking
+
+    tracking.check(cfg)
 
 
 def validate_with_libraries(cfg: DictConfig) -> None:

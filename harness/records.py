@@ -63,6 +63,8 @@ NON_IDENTITY_KEYS = (
     # What general text is scored for forgetting: the run settles its cut and content hash when it measures it
     # (harness.forgetting.RetentionInputs.identity), so runs that score no text (classifiers) keep their run_id.
     "forgetting",
+    # Where the run's logs are also sent (conf/tracking/): an experiment tracker watches a run, it does not change it.
+    "tracking",
 )
 # Keys left out of the identity while they hold their default: added after records existed, so that adding
 # them orphans no finished run. Set otherwise they are part of it (remote code is other code).

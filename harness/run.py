@@ -22,7 +22,7 @@ from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
 
 from harness import budget as budget_stage
-from harness import data, distributed, forgetting, measure, methods, models, records
+from harness import data, distributed, forgetting, measure, methods, models, records, tracking
 from harness.config import ConfigError, check_target_modules, validate
 from harness.objectives.base import FittedRun, RunInputs
 
@@ -227,7 +227,22 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
     (RunFailed), and when not even that can be written, RecordNotWritten.
     On several processes every rank trains and returns the record, and rank 0
     alone writes it (harness.distributed).
+
+    The run is tracked by the tracker ``tracking`` names (harness.tracking): the
+    Trainer logs to it as it trains, and the record's headline, failed or not,
+    is logged to it once the record is written.
     """
+    with tracking.tracked_run(prepared.cfg, prepared.run_id) as tracked:
+        try:
+            record = _execute(prepared, callbacks)
+        except RunFailed as failed:
+            tracked.log_record(failed.record)
+            raise
+        tracked.log_record(record)
+    return record
+
+
+def _execute(prepared: PreparedRun, callbacks: list[Any] | None) -> dict[str, Any]:
     callbacks = list(callbacks or [])
     record = records.started_record(prepared.cfg, prepared.run_id, prepared.identity)
     work_dir = Path(tempfile.mkdtemp(prefix=f"harness-{prepared.run_id}-"))

@@ -77,8 +77,13 @@ def study_name(
     return f"{readable}{extra}#{digest}"
 
 
+def file_stem(name: str) -> str:
+    """A study name as a file or folder name: ``/`` and ``#`` (and anything unusual) become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name)
+
+
 def summary_path(results_dir: str | Path, name: str) -> Path:
-    return Path(results_dir) / "studies" / (re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name) + ".json")
+    return Path(results_dir) / "studies" / (file_stem(name) + ".json")
 
 
 def trial_reporter(cfg: DictConfig):

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import storage as storage_stage
 from harness import study as study_stage
+from harness import tracking
 from harness.config import ConfigError
 from harness.progress import SweepProgress
 from harness.search import SearchSpace, method_overrides, override_value
@@ -248,7 +249,8 @@ class Sweep:
         study.set_user_attr("cell", cell.axes)
         study.set_user_attr("search", cell.space.describe())
         self.progress.enter(index, finished_trials(study.get_trials(deepcopy=False)))
-        self._tune(cell, study)
+        with tracking.study_logger(cell.cfg, cell.study_name) as log_trial:  # the study as one experiment
+            self._tune(cell, study, log_trial)
         finals = self._finals(cell, study)
         seeds_used = {"tuning_seed": self.tuning_seed, "final_seeds": self.settings.seeds}
         summary = study_stage.cell_summary(
@@ -282,9 +284,10 @@ class Sweep:
         )  # fmt: skip
         return Job(overrides, assignments, trial_number=trial.number, trial_id=_trial_id(trial))
 
-    def _tune(self, cell: Cell, study: Any) -> None:
+    def _tune(self, cell: Cell, study: Any, log_trial: tracking.TrialLogger) -> None:
         """Ask trials until the study counts n_trials, launching ``width`` at a time; then wait for trials
-        other sweepers are running, so the best trial is picked from all of them."""
+        other sweepers are running, so the best trial is picked from all of them. Each trial told with a record
+        is logged to the experiment tracker (``log_trial``)."""
         from optuna.trial import TrialState
 
         log.info(
@@ -305,6 +308,8 @@ class Sweep:
                 self._launch(jobs, storage)
                 for job in jobs:
                     tell(study, job, self.settings.liveness)
+                    if isinstance(job.result, dict):
+                        log_trial(study, job.trial_id)
                 self.progress.trials_finished(len(jobs), finished_trials(study.get_trials(deepcopy=False)))
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

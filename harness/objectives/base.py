@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness import budget as budget_stage
-from harness import distributed, measure, methods, models, utilisation
+from harness import distributed, measure, methods, models, tracking, utilisation
 from harness.data import cap_eval
 
 # Evaluation prefixes (the Trainer's ``metric_key_prefix``) and the splits they score, in evaluation order.
@@ -516,7 +516,7 @@ def training_arguments(
         eval_on_start=True,
         logging_steps=b.eval_steps,
         save_strategy="no",
-        report_to=[],
+        **tracking.trainer_arguments(),  # report_to and run_name of the tracked run in progress (conf/tracking/)
         use_cpu=device.type == "cpu",
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # a NaN loss must reach BudgetCallback and fail the run
