@@ -176,14 +176,17 @@ def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) ->
 
     Position ``t``'s logits predict token ``t + 1``; a target that is padding is no token. ``logits`` may
     carry extra leading positions (prompt tuning's virtual tokens): the last ``ids.shape[1]`` are the text's.
+    One row at a time in fp32, so the copy is one window's logits (a 128k vocabulary's batch would be GBs).
     """
     import torch
 
-    logits = logits[:, -ids.shape[1] :].float()
-    predicted, targets = logits[:, :-1], ids[:, 1:]
-    real = mask[:, 1:].bool()
-    losses = torch.nn.functional.cross_entropy(predicted.transpose(1, 2), targets, reduction="none")
-    return losses[real]
+    logits = logits[:, -ids.shape[1] :]
+    parts = []
+    for row in range(ids.shape[0]):
+        real = mask[row, 1:].bool()
+        losses = torch.nn.functional.cross_entropy(logits[row, :-1].float(), ids[row, 1:], reduction="none")
+        parts.append(losses[real])
+    return torch.cat(parts)
 
 
 def score(model: nn.Module, windows: list[list[int]], batch_size: int, pad_id: int) -> torch.Tensor:
@@ -212,47 +215,85 @@ def _losses(model: nn.Module, windows: list[list[int]], batch_size: int, pad_id:
     return torch.cat(parts)
 
 
-def adapters_off(model: nn.Module):
-    """The starting model: a PEFT model's adapters disabled (PEFT's own context), any other model as it is."""
-    from contextlib import nullcontext
-
-    from harness.methods import is_peft_model
-
-    return model.disable_adapter() if is_peft_model(model) else nullcontext()
-
-
 class ForgettingProbe:
-    """Scores one run's model on the general text before and after training, and says what changed."""
+    """Scores one run's model on the general text before and after training, and says what changed.
 
-    def __init__(self, spec: GeneralText, sample: TextSample, tokenizer, device: torch.device):
-        self.spec, self.sample, self.device = spec, sample, device
-        self.windows = token_windows(tokenizer, sample.text, spec.tokens, spec.sequence_length)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    "Before" is the starting model as it loaded, before the method wraps it (:meth:`before` is the run's
+    ``on_loaded`` listener): whatever a method does at wrapping time (prompt tuning's virtual tokens, PiSSA or
+    LoftQ rewriting base weights) is then part of what the run changed. A failure of either pass is recorded in
+    the block (``error``) rather than failing a run that trained.
+    """
+
+    def __init__(self, text: ScoredText, device: torch.device):
+        self.text, self.device = text, device
         self.before_losses: torch.Tensor | None = None
+        self.error: str | None = None
         self.seconds = 0.0
 
     def before(self, model: nn.Module) -> None:
-        from harness.measure import Stopwatch
-
+        if self.before_losses is not None or self.error is not None:
+            return  # told once: the policy, not a second model loaded beside it
         _to_run_device(model, self.device)
-        with Stopwatch(self.device) as clock, adapters_off(model):
-            self.before_losses = score(model, self.windows, self.spec.batch_size, self.pad_id)
-        self.seconds += clock.seconds
+        self.before_losses = self._score(model)
 
     def after(self, model: nn.Module, trainer: Any = None) -> dict[str, Any]:
-        from harness.measure import Stopwatch
-
-        with Stopwatch(self.device) as clock:
-            after = score(model, self.windows, self.spec.batch_size, self.pad_id)
-        self.seconds += clock.seconds
-        return forgetting_fields(self.before_losses, after) | {
-            "sequence_length": self.spec.sequence_length,
-            "windows": len(self.windows),
-            "text": self.spec.name,
-            "text_sha256": self.sample.sha256,
-            "source": self.sample.source,
+        after = self._score(model) if self.before_losses is not None else None
+        if self.error is not None:
+            return {"error": self.error}
+        return forgetting_fields(self.before_losses, after, self.text.scored_per_window()) | {
+            "tokens": self.text.spec.tokens,
+            "sequence_length": self.text.spec.sequence_length,
+            "windows": len(self.text.windows),
+            "text": self.text.spec.name,
+            "text_sha256": self.text.sample.sha256,
+            "source": self.text.sample.source,
             "seconds": self.seconds,
         }
+
+    def _score(self, model: nn.Module) -> torch.Tensor | None:
+        from harness import distributed
+        from harness.measure import Stopwatch
+
+        try:
+            with Stopwatch(self.device) as clock:
+                losses = score(model, self.text.windows, self.text.spec.batch_size, self.text.pad_id)
+        except Exception as error:  # out of memory on a long text: the block's failure, not the run's
+            if distributed.world_size() > 1:
+                raise  # every rank must take the same path through the collectives that follow
+            self.error = f"{type(error).__name__}: {error}"
+            return None
+        self.seconds += clock.seconds
+        return losses
+
+
+@dataclass(frozen=True)
+class ScoredText:
+    """The general text cut into the model's token windows, ready to score (made before any weights load)."""
+
+    spec: GeneralText
+    sample: TextSample
+    windows: list[list[int]]
+    pad_id: int
+
+    @classmethod
+    def of(cls, spec: GeneralText, sample: TextSample, tokenizer) -> ScoredText:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(spec, sample, token_windows(tokenizer, sample.text, spec.tokens, spec.sequence_length), pad_id)
+
+    def scored_per_window(self) -> list[int]:
+        """Tokens scored in each window: all but its first, which has no context."""
+        return [len(w) - 1 for w in self.windows]
+
+
+def window_stderr(difference: torch.Tensor, per_window: list[int]) -> float | None:
+    """The standard error of the mean of ``difference`` (tokens in window order), clustered by window."""
+    windows = len(per_window)
+    if windows < 2:
+        return None
+    sums = [float(part.sum()) for part in difference.split(per_window)]
+    mean, total = float(difference.mean()), float(sum(per_window))
+    spread = sum((d - mean * n) ** 2 for d, n in zip(sums, per_window, strict=True))
+    return math.sqrt(windows / (windows - 1) * spread) / total
 
 
 def _to_run_device(model: nn.Module, device: torch.device) -> None:
@@ -266,17 +307,21 @@ def _to_run_device(model: nn.Module, device: torch.device) -> None:
         model.to(device)
 
 
-def forgetting_fields(before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
+def forgetting_fields(before: torch.Tensor, after: torch.Tensor, per_window: list[int]) -> dict[str, Any]:
     """Per-token cross-entropy (nats) before and after, their difference (positive: the model got worse on the
-    text), and the standard error of that difference over the paired tokens."""
+    text), and the standard error of that difference.
+
+    Tokens of one window are not independent draws (a passage the model now gets wrong costs it many tokens
+    in a row), so the error is the cluster-robust one over windows: the spread of each window's summed
+    difference around its share of the mean, ``sqrt(W / (W - 1) * sum((d_w - mean * n_w)^2)) / N``.
+    """
     difference = after.double() - before.double()
     n = difference.numel()
-    stderr = float(difference.std(unbiased=True)) / math.sqrt(n) if n > 1 else None
     return {
         "before_ce": float(before.double().mean()),
         "after_ce": float(after.double().mean()),
         "forgetting": float(difference.mean()),
-        "forgetting_stderr": stderr,
+        "forgetting_stderr": window_stderr(difference, per_window),
         "scored_tokens": n,
     }
 
@@ -294,7 +339,7 @@ class SecondTask:
 class RetentionInputs:
     """What :func:`prepare` read for the after-training checks; a part that is off is None."""
 
-    general_text: tuple[GeneralText, TextSample] | None = None
+    general_text: ScoredText | None = None
     second_task: SecondTask | None = None
 
     def identity(self) -> dict[str, Any]:
@@ -302,8 +347,10 @@ class RetentionInputs:
         Empty when nothing is measured, so runs that measure nothing keep their run_id."""
         settled: dict[str, Any] = {}
         if self.general_text is not None:
-            spec, sample = self.general_text
-            settled["forgetting"] = {**spec.identity(), "text_sha256": sample.sha256}
+            settled["forgetting"] = {
+                **self.general_text.spec.identity(),
+                "text_sha256": self.general_text.sample.sha256,
+            }
         if self.second_task is not None:
             settled["retention"] = {"task": self.second_task.task.name, "test_sha256": self.second_task.test_sha256}
         return settled
@@ -311,11 +358,16 @@ class RetentionInputs:
 
 def prepare(cfg: DictConfig, head: str, task_type_of_training: str) -> RetentionInputs:
     """Read (before any weights load) what the run will be scored on after training: the general text for a
-    causal LM, the retention task's test split for a classifier with ``retention_task`` set."""
+    causal LM, cut into its tokenizer's windows, the retention task's test split for a classifier with
+    ``retention_task`` set. A tuning trial scores no general text: its forgetting would choose nothing
+    (the study selects on validation quality), and the finals re-run the chosen configuration with it."""
     general = None
-    if head == "causal_lm":
+    if head == "causal_lm" and cfg.get("role", "run") != "trial":
         spec = GeneralText.from_config(cfg.get("forgetting"))
-        general = (spec, read_text(spec)) if spec is not None else None
+        if spec is not None:
+            from harness.models import load_tokenizer
+
+            general = ScoredText.of(spec, read_text(spec), load_tokenizer(cfg.model))
     second = None
     if cfg.get("retention_task") is not None:
         second = _second_task(cfg, head, task_type_of_training)
@@ -405,9 +457,15 @@ class SecondTaskProbe:
             {"train": self.second.test_sha256},
         )
         rows = by_length(data.cap_eval(tokenized["train"], cap))
+        from harness.objectives.cls import compute_metrics_for
+
         trainer.memory_meter = None  # the run's memory windows are closed: this pass is none of theirs
-        with Stopwatch(self.device) as clock:
-            scores = trainer.evaluate(rows, metric_key_prefix="retention")
+        trained_task_metrics, trainer.compute_metrics = trainer.compute_metrics, compute_metrics_for(task)
+        try:
+            with Stopwatch(self.device) as clock:
+                scores = trainer.evaluate(rows, metric_key_prefix="retention")  # scored by the second task's metrics
+        finally:
+            trainer.compute_metrics = trained_task_metrics
         metrics = {
             k.removeprefix("retention_"): v
             for k, v in scores.items()

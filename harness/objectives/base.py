@@ -12,6 +12,7 @@ sequence, which objectives shape through hooks and never rewrite.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,8 +92,8 @@ class FittedRun:
     retention: dict[str, Any] | None = None  # a second task's test split scored after (encoder runs)
 
 
-def _ignore(sizes: ModelSizes) -> None:
-    """The default listener for sizes: nobody needs them before the fit returns."""
+def _ignore(told: Any) -> None:
+    """The default listener (for sizes, for the starting model): nobody needs them before the fit returns."""
 
 
 @dataclass
@@ -110,6 +111,7 @@ class RunInputs:
     data_sha256: dict[str, str] | None = None  # the splits' content hash (keys caches of derived data)
     retention: Any = None  # harness.forgetting.RetentionInputs: what is scored before and after training
     on_wrapped: Callable[[ModelSizes], None] = _ignore  # told the sizes at once: a run failing later still has them
+    on_loaded: Callable[[nn.Module], None] = _ignore  # told the starting model as loaded, before the method wraps it
 
 
 @dataclass(frozen=True)
@@ -269,15 +271,15 @@ class Objective(ABC):
         point of every run: sizes before a trainer adds anything, memory per phase,
         the final evaluations timed apart from training. Hooks say what differs.
         """
+        probe = self.retention_probe(inputs)
+        if probe is not None:  # scores the starting model as it loads, before any trainer exists
+            inputs = dataclasses.replace(inputs, on_loaded=probe.before)
         wrapped = self.load_models(inputs)
         sizes = model_sizes(wrapped)
         inputs.on_wrapped(sizes)
         budget = budget_stage.BudgetCallback(inputs.cfg.budget)
         callbacks = [budget, *methods.method_callbacks(wrapped.trained), *inputs.callbacks]
         held_out = held_out_splits(inputs.cfg, inputs.splits)
-        probe = self.retention_probe(inputs)
-        if probe is not None:  # before any trainer exists: the starting model, outside every window and clock
-            probe.before(wrapped.evaluated)
         setup = self.build_trainer(inputs, wrapped, held_out, callbacks)
         meter, eval_clock, evaluated = self._train_and_evaluate(setup, list(held_out), inputs.device, budget)
         trainer = setup.trainer
@@ -336,15 +338,15 @@ class Objective(ABC):
         general = inputs.retention.general_text if inputs.retention is not None else None
         if self.head != "causal_lm" or general is None:
             return None
-        return ForgettingProbe(*general, models.load_tokenizer(inputs.cfg.model), inputs.device)
+        return ForgettingProbe(general, inputs.device)
 
     def load_models(self, inputs: RunInputs) -> WrappedModels:
         """Hook: the models loaded and wrapped by the method (counted as they are, before any trainer exists).
         By default one model, from :meth:`load_model`, both trained and evaluated."""
         cfg = inputs.cfg
-        model = methods.apply_method(
-            self.load_model(cfg, models.quantization_of(cfg)), inputs.method_object, inputs.context
-        )
+        model = self.load_model(cfg, models.quantization_of(cfg))
+        inputs.on_loaded(model)
+        model = methods.apply_method(model, inputs.method_object, inputs.context)
         return WrappedModels(trained=model, evaluated=model, head_modules=inputs.context.head_modules)
 
     @abstractmethod
@@ -381,6 +383,8 @@ def _after_training(probe: Any, model: nn.Module, trainer: Any) -> dict[str, Any
     try:
         return probe.after(model, trainer)
     except Exception as error:  # a side measurement failing is its block's failure, not the run's
+        if distributed.world_size() > 1:
+            raise  # one rank carrying on past a failed collective would leave the others waiting in it
         return {"error": f"{type(error).__name__}: {error}"}
 
 

@@ -371,7 +371,9 @@ class PPOObjective(Objective):
         else:
             reward_fn = verifiable_reward(cfg.task)
         quantization = models.quantization_of(cfg)
-        policy = methods.apply_method(self.load_model(cfg, quantization), inputs.method_object, inputs.context)
+        policy = self.load_model(cfg, quantization)
+        inputs.on_loaded(policy)
+        policy = methods.apply_method(policy, inputs.method_object, inputs.context)
         value_context = dataclasses.replace(
             inputs.context, head_modules=list(cfg.model.head_modules), peft_task_type="TOKEN_CLS"
         )

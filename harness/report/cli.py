@@ -155,7 +155,7 @@ def _figures(folder, tables, cells, chosen, frame, tuning, studies, records) -> 
             ),
             plots.save(plots.quality_vs_budget(rows, palette, title), folder, f"{slug}_quality_vs_budget"),
         ]
-        if rows["forgetting"].notna().any():  # causal-LM runs scored on general text (harness.forgetting)
+        if rows["forgetting"].notna().any() and rows["forgetting_text"].nunique() == 1:  # one text, one axis
             figure = plots.tradeoff(rows, "forgetting", "forgetting (Δ CE, nats/token)", False, palette, title)
             paths.append(plots.save(figure, folder, f"{slug}_quality_vs_forgetting"))
         run_ids = set(chosen.loc[chosen["cell"].isin(rows["cell"]) & _in_display(chosen, display), "run_id"])

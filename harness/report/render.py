@@ -139,13 +139,15 @@ def _retention_notes(rows: pd.DataFrame) -> list[str]:
     texts = set(rows["forgetting_text"].dropna())
     if texts:
         warning = (
-            f" Rows here scored {len(texts)} different texts (sha256 {', '.join(sorted(texts))}): not comparable."
+            f" Rows here scored {len(texts)} different texts or cuts ({', '.join(sorted(texts))}): not comparable, "
+            "so no forgetting front or plot; a cell whose seeds differ shows none."
             if len(texts) > 1 or "mixed" in texts
-            else f" Text sha256 {next(iter(texts))}…."
+            else f" Text {next(iter(texts))} (sha256 prefix: tokens x window length)."
         )
         notes.append(
             "Forgetting: the rise of the model's per-token cross-entropy (nats) on a fixed sample of general text, "
-            "after training minus before (the starting model, adapters disabled); lower is better." + warning
+            "after training minus before (the starting model as loaded); lower is better. Per token of each model's "
+            "own tokenizer, so compare models with different tokenizers with care." + warning
         )
     tasks = set(rows["retention_task"].dropna())
     if tasks:

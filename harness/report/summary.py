@@ -118,21 +118,33 @@ def _cell_row(cell: tuple, group: pd.DataFrame, trial_seeds: dict[str, list[int]
     counted = group[group["left_out"].isna()]
     seeds = stats.summarize_seeds(counted["quality"].tolist())
     study = group["study"].iloc[0]
-    return {
-        **dict(zip(CELL, cell, strict=True)),
-        **{column.key: column.seeds(group[column.source]) for column in columns.COLUMNS if column.seeds},
-        "mean": seeds.mean,
-        "std": seeds.std,
-        "n": seeds.n,
-        "ci_low": seeds.ci_low,
-        "ci_high": seeds.ci_high,
-        "seeds": ",".join(str(s) for s in sorted(counted["seed"])),
-        "left_out": "; ".join(
-            f"seed {r.seed} ({r.left_out})" for r in group.itertuples() if isinstance(r.left_out, str)
-        )
-        or None,
-        "tuning_seeds": ",".join(map(str, trial_seeds.get(study, []))) if isinstance(study, str) else None,
-    }
+    return _comparable_forgetting(
+        {
+            **dict(zip(CELL, cell, strict=True)),
+            **{column.key: column.seeds(group[column.source]) for column in columns.COLUMNS if column.seeds},
+            "mean": seeds.mean,
+            "std": seeds.std,
+            "n": seeds.n,
+            "ci_low": seeds.ci_low,
+            "ci_high": seeds.ci_high,
+            "seeds": ",".join(str(s) for s in sorted(counted["seed"])),
+            "left_out": "; ".join(
+                f"seed {r.seed} ({r.left_out})" for r in group.itertuples() if isinstance(r.left_out, str)
+            )
+            or None,
+            "tuning_seeds": ",".join(map(str, trial_seeds.get(study, []))) if isinstance(study, str) else None,
+        }
+    )
+
+
+FORGETTING_FIGURES = ("forgetting", "ce_before", "ce_after")
+
+
+def _comparable_forgetting(row: dict[str, Any]) -> dict[str, Any]:
+    """A cell whose seeds scored different texts (or cuts of one) has no forgetting figure: their mean is none."""
+    if row.get("forgetting_text") == "mixed":
+        row.update(dict.fromkeys(FORGETTING_FIGURES, math.nan))
+    return row
 
 
 # A reference cell is comparable when it matches on all of these (and differs in method).
@@ -179,6 +191,8 @@ def _add_pareto(summary: pd.DataFrame) -> pd.DataFrame:
     for _, block in summary.groupby(BLOCK, sort=False):
         higher = bool(block["higher_is_better"].iloc[0])
         for cost, column in fronts:
+            if column == "pareto_forgetting" and block["forgetting_text"].nunique() > 1:
+                continue  # figures on different texts are not one axis
             front = stats.pareto_front(block[cost].tolist(), block["mean"].tolist(), higher)
             summary.loc[block.index, column] = front
     return summary

@@ -109,13 +109,21 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "forgetting": forgetting.get("forgetting"),
         "ce_before": forgetting.get("before_ce"),
         "ce_after": forgetting.get("after_ce"),
-        "forgetting_text": (forgetting.get("text_sha256") or "")[:12] or None,
+        "forgetting_text": _scored_text(forgetting),
         "retention": (retention.get("primary_metric") or {}).get("value"),
         "retention_task": retention.get("task"),
         "pruned_at_step": record.get("pruned_at_step"),
         "trained_kib": (record.get("trained_bytes") or 0) / 1024 or None,
         "finished_at": record.get("finished_at"),
     }
+
+
+def _scored_text(forgetting: dict[str, Any]) -> str | None:
+    """Which text and which cut of it a forgetting figure was scored on: figures are comparable only when equal
+    (tokens x window length; the model, and so the tokenisation, is a cell key)."""
+    if not forgetting.get("text_sha256"):
+        return None
+    return f"{forgetting['text_sha256'][:12]}:{forgetting.get('tokens')}x{forgetting.get('sequence_length')}"
 
 
 def _scaled(value: float | None, unit: float) -> float | None:
