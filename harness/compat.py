@@ -214,3 +214,38 @@ def trial_id(trial: Any) -> int:
     id publicly (a ``trial_id`` attribute).
     """
     return trial._trial_id
+
+
+@contextmanager
+def mlflow_scope(tracking_uri: str):
+    """mlflow's (3.17) process-wide tracking URI set to ``tracking_uri`` and no active experiment for the block,
+    then both as they were, with the variables mlflow mirrors them into (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_ID).
+
+    mlflow's fluent API (``start_run``, ``log_metrics``: what transformers' MLflowCallback logs with) reads module
+    globals that ``mlflow.set_tracking_uri`` and ``mlflow.set_experiment`` set, and both also write their
+    variable into os.environ; optuna-integration's (5.0) MLflowCallback calls both on every trial it logs, so
+    every later run of the process went to that trial's database and experiment. mlflow has no public getter
+    for either global (``get_tracking_uri`` falls back on the variable and the default) and no scoped setter, so
+    they are read and put back here. It can go once mlflow sets a tracking URI for a block of code (or the
+    callback takes a client); it breaks if mlflow renames ``_tracking_uri`` or ``_active_experiment_id``.
+    """
+    import os
+
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    variables = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    uri, experiment = utils._tracking_uri, fluent._active_experiment_id
+    mlflow.set_tracking_uri(tracking_uri)
+    fluent._active_experiment_id = None
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri)  # None: the variable and the default again (mlflow resets its tracer too)
+        fluent._active_experiment_id = experiment
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

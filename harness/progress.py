@@ -14,6 +14,7 @@ import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 log = logging.getLogger("harness.study")
@@ -104,33 +105,38 @@ class SweepProgress:
     ETA HH:MM:SS``.
 
     ``t`` counts the cell's finished trials in its study (those an earlier or another sweeper ran included),
-    ``s`` the finals that returned. The ETA is the mean wall time per job this sweep finished (its elapsed time
-    over its finished jobs, so parallel workers count as they help) times the jobs left: each cell's trials not
-    yet finished, read from the storage when the sweep starts and as the cell runs, and its finals. ``ETA –``
-    until a job finished. Retries and skipped finals (already recorded) move the estimate as they happen.
+    ``s`` the finals that returned. The ETA is the mean wall time per job this sweep ran (its elapsed time over
+    the jobs that ran in it, so parallel workers count as they help) times the jobs left: each cell's trials not
+    yet finished, read from the storage when the sweep starts and as the cell runs, and its finals. A job that
+    returned an earlier record (its run recorded before this sweep started, so skipped in seconds) or whose
+    worker died (run again later) adds its time to the elapsed time but is no job run: counted as one, a
+    resumed sweep's skipped finals made the estimate far too low. ``ETA –`` until a job ran (``00:00:00`` once
+    nothing is left).
     """
 
     trials_left: list[int]  # per cell: trials still to finish
     n_trials: int
     n_finals: int
     started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))  # wall clock, as records say
     cell: int = 0  # index of the cell running
     trials: int = 0  # its finished trials
     finals: int = 0  # its finals that returned
-    jobs_done: int = 0  # jobs this sweep finished, every cell
+    jobs_done: int = 0  # jobs that ran in this sweep, every cell
 
     def enter(self, cell: int, finished_trials: int) -> None:
         self.cell, self.finals = cell, 0
         self._trials(finished_trials)
         log.info("%s", self.line())
 
-    def trials_finished(self, jobs: int, finished_trials: int) -> None:
-        self.jobs_done += jobs
+    def trials_finished(self, ran: int, finished_trials: int) -> None:
+        """``ran`` of the jobs just returned ran in this sweep; the cell's study counts ``finished_trials``."""
+        self.jobs_done += ran
         self._trials(finished_trials)
         log.info("%s", self.line())
 
-    def finals_finished(self, jobs: int, finals: int) -> None:
-        self.jobs_done += jobs
+    def finals_finished(self, ran: int, finals: int) -> None:
+        self.jobs_done += ran
         self.finals = finals
         log.info("%s", self.line())
 
@@ -143,9 +149,21 @@ class SweepProgress:
         later = len(self.trials_left) - self.cell - 1
         return sum(self.trials_left[self.cell :]) + self.n_finals - self.finals + later * self.n_finals
 
+    def ran(self, result: Any) -> bool:
+        """Whether a job's result is from a run in this sweep: a record started since the sweep started, or
+        None (the job raised, after spending its time). An earlier record (a skipped run), or a marker of a
+        job whose worker died, is not."""
+        if result is None:
+            return True
+        if not isinstance(result, dict):
+            return False
+        started = result.get("started_at")
+        return started is None or datetime.fromisoformat(started) >= self.started_at
+
     def line(self, now: float | None = None) -> str:
         elapsed = (time.monotonic() if now is None else now) - self.started
-        eta = clock(elapsed / self.jobs_done * self.jobs_left) if self.jobs_done else "–"
+        left = self.jobs_left
+        eta = clock(elapsed / self.jobs_done * left) if self.jobs_done else "–" if left else clock(0)
         return (
             f"cell {self.cell + 1}/{len(self.trials_left)}, trial {self.trials}/{self.n_trials}, "
             f"final {self.finals}/{self.n_finals}, elapsed {clock(elapsed)}, ETA {eta}"

@@ -310,7 +310,8 @@ class Sweep:
                     tell(study, job, self.settings.liveness)
                     if isinstance(job.result, dict):
                         log_trial(study, job.trial_id)
-                self.progress.trials_finished(len(jobs), finished_trials(study.get_trials(deepcopy=False)))
+                ran = sum(self.progress.ran(job.result) for job in jobs)
+                self.progress.trials_finished(ran, finished_trials(study.get_trials(deepcopy=False)))
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running:
@@ -420,7 +421,7 @@ class Sweep:
                 batch = pending[start : start + width]
                 self._launch(batch)
                 finished.update(job.seed for job in batch if job.result != LOST)
-                self.progress.finals_finished(len(batch), len(finished))
+                self.progress.finals_finished(sum(self.progress.ran(job.result) for job in batch), len(finished))
         lost = [job.seed for job in jobs if job.result == LOST]
         if lost:
             log.error("%s: finals of seeds %s lost with their workers %d times; rerun the sweep", cell.study_name,

@@ -8,7 +8,8 @@ through them (PPO's own loop too: it logs through the Trainer's callback
 handler). This module only wires them to a run:
 
 - :func:`tracked_run` (around :func:`harness.run.execute`) sets the variables
-  the integration reads for that run alone and restores them after it, and
+  the integration reads (and MLflow's process-wide tracking URI) for that run
+  alone and restores them after it, and
   opens the tracker's run before the Trainer exists where the tracker lets a
   run be opened (MLflow, W&B), so the evaluations after training land in it;
 - :func:`trainer_arguments` gives the Trainer ``report_to`` and ``run_name``
@@ -106,6 +107,10 @@ class Tracker:
         """Variables the Trainer's integration reads, set for the run alone."""
         return {}
 
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """The tracker library's process-wide settings this tracker's, for a block, and as they were after it."""
+        return contextlib.nullcontext()
+
     def trainer_arguments(self, run: TrackedRun) -> dict[str, Any]:
         return {"report_to": [self.report_to], "run_name": run.run_id}
 
@@ -200,7 +205,7 @@ def tracked_run(cfg: DictConfig, run_id: str) -> Iterator[Tracking]:
         return
     tracker.check()
     run = TrackedRun(run_id, cfg)
-    with _environment(tracker.environment(run)):
+    with _environment(tracker.environment(run)), tracker.scope():
         try:
             tracker.start(run)
         except Exception as error:  # noqa: BLE001 - an unreachable server, a folder that cannot be made
@@ -227,7 +232,12 @@ def study_logger(cfg: DictConfig, study_name: str) -> Iterator[TrialLogger]:
     if tracker.report_to is None:
         yield lambda study, trial_id: None
         return
-    with tracker.trial_logger(study_name, primary_metric(cfg)["name"]) as log_trial:
+    with contextlib.ExitStack() as stack:
+        try:
+            log_trial = stack.enter_context(tracker.trial_logger(study_name, primary_metric(cfg)["name"]))
+        except Exception as error:  # noqa: BLE001 - an unreachable server: one warning, not one per trial
+            log.warning("tracking: %s cannot log the trials of %s: %s", tracker.name, study_name, error)
+            log_trial = None
 
         def logged(study: Any, trial_id: int) -> None:
             if log_trial is None:
@@ -410,6 +420,13 @@ class MLflow(Tracker):
     def environment(self, run: TrackedRun) -> dict[str, str]:
         return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_NAME": self.experiment_name(run.study)}
 
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """mlflow's global tracking URI this tracker's for the block (the fluent API transformers' callback logs
+        with reads it, before the variable), no experiment active, and both as they were after it."""
+        from harness.compat import mlflow_scope
+
+        return mlflow_scope(self.tracking_uri)
+
     def client(self):
         """A client of the tracking URI; a SQLite database's folder made first (SQLite makes no folders)."""
         from mlflow.tracking import MlflowClient
@@ -435,14 +452,18 @@ class MLflow(Tracker):
             return found.experiment_id
 
     def start(self, run: TrackedRun) -> None:
-        """The run is opened here and active while the Trainer trains: MLflowCallback then logs into it and
-        leaves it open, so the evaluations after training land in it too (a run the callback opened itself
-        would be ended at the end of training, and the final evaluations would start a stray one)."""
+        """The run is created here with this tracker's client and made the active run while the Trainer trains
+        (in :meth:`scope`): MLflowCallback then logs into it and leaves it open, so the evaluations after
+        training land in it too (a run the callback opened itself would be ended at the end of training, and
+        the final evaluations would start a stray one)."""
         import mlflow
+        from mlflow.tracking.context.registry import resolve_tags  # the source, user, git tags start_run adds
 
-        experiment = self.experiment_id(self.client(), self.experiment_name(run.study))
-        tags = {f"harness.{key}": value for key, value in _run_tags(run).items()}
-        run.handle = mlflow.start_run(experiment_id=experiment, run_name=run.run_id, tags=tags).info.run_id
+        client = self.client()
+        experiment = self.experiment_id(client, self.experiment_name(run.study))
+        tags = resolve_tags({f"harness.{key}": value for key, value in _run_tags(run).items()})
+        run.handle = client.create_run(experiment, tags=tags, run_name=run.run_id).info.run_id
+        mlflow.start_run(run_id=run.handle)
 
     def log_record(self, run: TrackedRun, record: dict[str, Any]) -> None:
         """The headline as ``record/*`` metrics at the last step, the config as ``config.*`` params, the
@@ -500,7 +521,8 @@ class MLflow(Tracker):
                     metric_name=f"{TRIAL_PREFIX}/{metric}",
                     mlflow_kwargs={"run_name": run_id or f"trial {trial.number}"},
                 )
-            callback(study, trial)
+            with self.scope():  # the callback sets mlflow's tracking URI and experiment for the whole process
+                callback(study, trial)
             if tracked is not None and tracked.info.status != "RUNNING":  # resuming ended it FINISHED: as it ended
                 self.client().set_terminated(tracked.info.run_id, tracked.info.status)
 

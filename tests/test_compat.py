@@ -528,3 +528,53 @@ def test_trial_id_lets_a_worker_reattach_to_the_same_trial():
     assert again.number == trial.number == frozen.number
     again.report(0.5, step=1)
     assert study.get_trials(deepcopy=False)[-1].intermediate_values == {1: 0.5}
+
+
+@pytest.fixture
+def mlflow_unset(monkeypatch):
+    """mlflow with no tracking URI or experiment set in this process (put back as they were after the test)."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    return utils, fluent
+
+
+def _log_a_trial_with_optuna_integration(uri: str) -> None:
+    """optuna-integration's MLflowCallback logs one finished trial to ``uri``, as harness.tracking calls it."""
+    from optuna_integration import MLflowCallback
+
+    study, _ = _study_with_a_trial()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        MLflowCallback(tracking_uri=uri, metric_name="value")(study, study.trials[0])
+
+
+def test_optuna_integrations_mlflow_callback_still_sets_mlflow_globals_for_the_process(tmp_path, mlflow_unset):
+    import os
+
+    utils, fluent = mlflow_unset
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _log_a_trial_with_optuna_integration(uri)
+    assert utils._tracking_uri == uri and os.environ["MLFLOW_TRACKING_URI"] == uri, "drop compat.mlflow_scope?"
+    assert fluent._active_experiment_id is not None and os.environ["MLFLOW_EXPERIMENT_ID"]
+
+
+def test_mlflow_scope_puts_mlflows_globals_and_variables_back(tmp_path, mlflow_unset, monkeypatch):
+    import os
+
+    import mlflow
+
+    utils, fluent = mlflow_unset
+    shell = f"sqlite:///{tmp_path / 'shell.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shell)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with compat.mlflow_scope(uri):
+        assert mlflow.get_tracking_uri() == uri
+        _log_a_trial_with_optuna_integration(uri)
+    assert utils._tracking_uri is None and fluent._active_experiment_id is None
+    assert os.environ["MLFLOW_TRACKING_URI"] == shell and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    assert mlflow.get_tracking_uri() == shell

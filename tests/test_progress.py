@@ -26,9 +26,10 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import REPO, TINY
-from test_sweep import FakeLauncher, run_sweep
+from test_sweep import FakeLauncher, make_sweep, run_sweep
 
 from harness.progress import RunBar, SweepProgress, clock
+from harness.sweep import LOST
 
 CELLS, TRIALS, FINALS = 2, 2, 2
 STUDY = ["hydra/sweeper=study", "task=toy_sentiment", "method=lora,ia3", f"hydra.sweeper.n_trials={TRIALS}", "seed=0,1"]
@@ -59,7 +60,9 @@ def run_in_terminal(command: list[str], timeout: float = 300, columns: int = 160
                 chunks.append(data)
         else:
             process.kill()
-            raise AssertionError(f"{command} ran past {timeout} s")
+            process.wait(timeout=30)
+            shown = b"".join(chunks).decode(errors="replace")
+            raise AssertionError(f"{command} ran past {timeout} s; the terminal's last output:\n{shown[-3000:]}")
     finally:
         os.close(master)
     return process.wait(timeout=30), b"".join(chunks).decode(errors="replace")
@@ -140,6 +143,48 @@ def test_the_eta_is_the_mean_time_per_finished_job_times_the_jobs_left():
     progress.enter(1, 3)  # a resumed cell: 3 of its trials finished before this sweep
     assert progress.jobs_left == 1 + 2 + 6
     assert clock(90_061) == "25:01:01"
+    done = SweepProgress(trials_left=[0], n_trials=4, n_finals=2, started=0.0)
+    done.enter(0, 4)
+    done.finals_finished(0, 2)  # a resumed sweep with nothing left to run, its finals skipped
+    assert done.line(now=5.0).endswith("ETA 00:00:00")
+
+
+class WatchingLauncher(FakeLauncher):
+    """A fake launcher that notes, before each batch, how many jobs the sweep counts as run and the line it
+    would log a minute into the sweep."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runner, self.seen = None, []
+
+    def __call__(self, batch):
+        progress = self.runner.progress
+        self.seen.append((progress.jobs_done, progress.line(now=progress.started + 60)))
+        return super().__call__(batch)
+
+
+def test_the_eta_counts_only_jobs_that_ran_in_this_sweep(tmp_path):
+    """A resumed sweep: its first cell was tuned and finalised before (its finals return their earlier records in
+    no time), and the second cell's first trial loses its worker once. Only the retried trial and the finals of
+    the second cell ran; counted as jobs run, the skipped finals and the lost trial divided the time by 5."""
+    recorded: dict[str, dict] = {}
+    run_sweep(tmp_path, FakeLauncher(recorded=recorded), n_trials=1)  # the lora cell, done before
+    lost = []
+
+    def loses_the_first_ia3_trial(job):
+        if job["role"] == "trial" and not lost:
+            lost.append(job)
+            return LOST
+        return {"status": "success", "validation": 0.5}
+
+    launch = WatchingLauncher(loses_the_first_ia3_trial, recorded=recorded)
+    launch.runner = runner = make_sweep(tmp_path, launch, n_trials=1)
+    runner.run(runner.plan([([f"method={m}"], {"method": m}) for m in ("lora", "ia3")]))
+    roles = [(job["method"], job["role"]) for batch in launch.batches for job in batch]
+    assert roles == [("lora", "final")] * 2 + [("ia3", "trial")] * 2 + [("ia3", "final")] * 2
+    assert [done for done, _ in launch.seen] == [0, 0, 0, 0, 1, 2] and runner.progress.jobs_done == 3
+    # before the second cell's first final: 1 job ran in 60 s, 2 finals left
+    assert launch.seen[4][1] == "cell 2/2, trial 1/1, final 0/2, elapsed 00:01:00, ETA 00:02:00"
 
 
 def test_a_resumed_sweep_counts_the_trials_already_in_its_storage(tmp_path, caplog):
@@ -160,36 +205,59 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _serve_dashboard(url: str, errors: Path) -> tuple[subprocess.Popen, str]:
+    """optuna-dashboard on ``url`` at a free port, answering: the server and its studies API. Its stderr goes to
+    the file ``errors`` (a pipe nobody reads could fill and block it). A port another process took between
+    _free_port and the server's bind makes the server exit: it is started once more on another port."""
+    command = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or "optuna-dashboard"
+    for attempt in range(2):
+        port = _free_port()
+        with errors.open("wb") as stderr:
+            server = subprocess.Popen(
+                [command, url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        base, deadline = f"http://127.0.0.1:{port}/api/studies", time.monotonic() + 30
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                _get(base)
+                return server, base
+            except OSError:
+                time.sleep(0.2)
+        _stop(server)
+        if attempt or server.returncode is None or "address already in use" not in errors.read_text().lower():
+            break
+    raise AssertionError(
+        f"optuna-dashboard did not answer within 30 s (exit status {server.returncode}): {errors.read_text()[-2000:]}"
+    )
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Terminate a server, and kill it if it has not exited 10 s later."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+
+
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as answer:
         return json.loads(answer.read())
 
 
-def test_optuna_dashboard_serves_the_studies_of_the_default_storage(terminal_study):
+def test_optuna_dashboard_serves_the_studies_of_the_default_storage(terminal_study, tmp_path):
     pytest.importorskip("optuna_dashboard")
     results, _ = terminal_study
     url = f"sqlite:///{results / 'optuna.db'}"  # the sweeper's default: sqlite:///<results_dir>/optuna.db
     names = optuna.get_all_study_names(storage=url)
     studies = {name: optuna.load_study(study_name=name, storage=url) for name in names}
     assert len(studies) == CELLS
-    command = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or "optuna-dashboard"
-    port = _free_port()
-    server = subprocess.Popen(
-        [command, url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}/api/studies"
+    server, base = _serve_dashboard(url, tmp_path / "optuna-dashboard.stderr")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                listed = _get(base)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "optuna-dashboard did not answer within 30 s"
-                time.sleep(0.2)
+        listed = _get(base)
         assert {s["study_name"] for s in listed["study_summaries"]} == set(studies)
         for summary in listed["study_summaries"]:
             study = studies[summary["study_name"]]
@@ -204,5 +272,4 @@ def test_optuna_dashboard_serves_the_studies_of_the_default_storage(terminal_stu
             importances = _get(f"{base}/{summary['study_id']}/param_importances")["param_importances"]
             assert {p["name"] for p in importances[0]} == set(study.trials[0].params)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        _stop(server)

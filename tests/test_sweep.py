@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 
 import optuna
 import pytest
@@ -23,10 +24,12 @@ FAST = Liveness(interval=1, grace=2)
 
 class FakeLauncher:
     """Returns a canned record per job (``outcome(job)``: a record's fields, None for a job that raised, or
-    ``sweep.LOST`` for one whose worker died)."""
+    ``sweep.LOST`` for one whose worker died). Given ``recorded`` (run_id to record, shared by the launchers of
+    several sweeps), a job whose run finished before returns its earlier record, as harness-run skips it."""
 
-    def __init__(self, outcome=None):
+    def __init__(self, outcome=None, recorded: dict[str, dict] | None = None):
         self.outcome = outcome or (lambda job: {"status": "success", "validation": 0.5})
+        self.recorded = recorded
         self.batches: list[list[dict[str, str]]] = []
 
     @property
@@ -49,23 +52,29 @@ class FakeLauncher:
         if fields is None or fields == sweep.LOST:
             return fields
         run_id = f"{job['tuning.study']}-{job['role']}-{job['seed']}-{job['tuning.trial']}"
+        earlier = (self.recorded or {}).get(run_id)
+        if earlier is not None and earlier["status"] in ("success", "pruned"):
+            return earlier
         metric = {"validation": fields.get("validation"), "test": fields.get("test", 0.7)}
-        return {"run_id": run_id, "status": fields["status"], "seed": int(job["seed"]), "primary_metric": metric,
-                "identity": fields.get("identity", CPU)}  # fmt: skip
+        record = {"run_id": run_id, "status": fields["status"], "seed": int(job["seed"]), "primary_metric": metric,
+                  "identity": fields.get("identity", CPU), "started_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+        if self.recorded is not None:
+            self.recorded[run_id] = record
+        return record
 
 
 def method_values(job: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in job.items() if k.startswith("method.")}
 
 
-def make_sweep(tmp_path, launch, **settings) -> sweep.Sweep:
+def make_sweep(tmp_path, launch, overrides=(), **settings) -> sweep.Sweep:
     settings = {"seeds": [0, 1], "n_trials": 3, "sampler": RANDOM, "liveness": FAST, **settings}
-    base = [*TINY, "task=toy_sentiment", f"results_dir={tmp_path}"]
+    base = [*TINY, "task=toy_sentiment", f"results_dir={tmp_path}", *overrides]
     return sweep.Sweep(sweep.Settings(**settings), launch, lambda overrides: compose_config([*base, *overrides]))
 
 
-def run_sweep(tmp_path, launch, methods=("lora",), **settings) -> tuple[list[sweep.Cell], list[dict]]:
-    runner = make_sweep(tmp_path, launch, **settings)
+def run_sweep(tmp_path, launch, methods=("lora",), overrides=(), **settings) -> tuple[list[sweep.Cell], list[dict]]:
+    runner = make_sweep(tmp_path, launch, overrides, **settings)
     cells = runner.plan([([f"method={m}"], {"method": m}) for m in methods])
     return cells, runner.run(cells)
 

@@ -4,12 +4,15 @@ tracker's own reader (TensorBoard's EventAccumulator, MLflow's MlflowClient), of
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
+import socket
 
 import optuna
 import pytest
-from conftest import SETTLED, TINY, compose_config, run_cli
+from conftest import SETTLED, TINY, WIKITEXT, compose_config, run_cli
+from test_sweep import FakeLauncher, load, run_sweep
 
 from harness import records, tracking
 from harness.config import ConfigError
@@ -26,6 +29,20 @@ TRACKER_VARIABLES = (
     "WANDB_MODE",
     "TRACKIO_DIR",
 )
+
+
+@pytest.fixture
+def shell_variables(monkeypatch) -> dict[str, str]:
+    """The variables the trackers set, each already set in the developer's shell: a tracked run must put them
+    back as they were, not unset them."""
+    values = {variable: f"set-by-the-shell-{variable.lower()}" for variable in TRACKER_VARIABLES}
+    for variable, value in values.items():
+        monkeypatch.setenv(variable, value)
+    return values
+
+
+def _unchanged(values: dict[str, str]) -> bool:
+    return {variable: os.environ.get(variable) for variable in values} == values
 
 
 def _run(tmp_path, *overrides: str) -> dict:
@@ -109,9 +126,9 @@ def _text(events, tag: str) -> str:
     return events.Tensors(f"{tag}/text_summary")[-1].tensor_proto.string_val[0].decode()
 
 
-def test_tensorboard_holds_the_training_curve_the_evaluations_and_the_record(tmp_path):
+def test_tensorboard_holds_the_training_curve_the_evaluations_and_the_record(tmp_path, shell_variables):
     record = _run(tmp_path, "tracking=tensorboard")
-    assert not any(variable in os.environ for variable in TRACKER_VARIABLES)  # restored after the run
+    assert _unchanged(shell_variables)  # restored after the run
     run_dir = tmp_path / "tracking" / "tensorboard" / record["run_id"]
     events = _events(run_dir)
     curve = record["learning_curve"]
@@ -143,9 +160,9 @@ def _experiment_runs(client, name: str) -> list:
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_mlflow_runs_are_named_by_the_run_id_and_hold_config_curve_metrics_and_record(tmp_path):
+def test_mlflow_runs_are_named_by_the_run_id_and_hold_config_curve_metrics_and_record(tmp_path, shell_variables):
     record = _run(tmp_path, "tracking=mlflow")
-    assert not any(variable in os.environ for variable in TRACKER_VARIABLES)
+    assert _unchanged(shell_variables)
     with pytest.raises(RunFailed) as failed:  # a diverging run (tests/test_budget.py), in the same experiment
         _run(tmp_path, "tracking=mlflow", *DIVERGING)
     client = _mlflow(tmp_path)
@@ -272,11 +289,11 @@ def _wandb_key(item) -> str:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
-def test_wandb_offline_run_holds_the_curve_and_the_record(tmp_path):
+def test_wandb_offline_run_holds_the_curve_and_the_record(tmp_path, shell_variables):
     import json
 
     record = _run(tmp_path, "tracking=wandb")
-    assert not any(variable in os.environ for variable in TRACKER_VARIABLES)
+    assert _unchanged(shell_variables)
     (path,) = (tmp_path / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
     history, summary, names = [], {}, []
     for entry in _wandb_records(path):
@@ -313,3 +330,99 @@ def test_trackio_local_run_holds_the_curve_and_the_record(tmp_path, monkeypatch)
     (headline,) = [row for row in logs if "record/test/accuracy" in row]
     assert headline["record/test/accuracy"] == record["metrics"]["test"]["accuracy"]
     assert headline["record/params/trainable"] == record["params"]["trainable"]
+
+
+def _told_trial(study_name: str, run_id: str, value: float) -> tuple[optuna.Study, int]:
+    """A study in memory with one trial told ``value``, its record's run_id ``run_id``: the study and its id."""
+    study = optuna.create_study(study_name=study_name, direction="maximize")
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    trial.set_user_attr("run_id", run_id)
+    study.tell(trial, value)
+    return study, trial._trial_id
+
+
+def test_a_logged_trial_leaves_mlflow_as_it_was_so_the_next_run_lands_in_its_own_database(tmp_path, monkeypatch):
+    """optuna-integration's MLflowCallback sets mlflow's tracking URI and experiment for the whole process (and
+    MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_ID): a run tracked after a trial was logged went to the trial's
+    database. Here a trial is logged under results_dir a, then a run is tracked under results_dir b."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    shell = f"sqlite:///{tmp_path / 'shell.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shell)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    first, second = (compose_config([f"results_dir={tmp_path / d}", *TINY, "tracking=mlflow"]) for d in "ab")
+    study, trial_id = _told_trial("cell-a", "trial-run", 0.75)
+    with tracking.study_logger(first, study.study_name) as log_trial:
+        log_trial(study, trial_id)
+    assert os.environ["MLFLOW_TRACKING_URI"] == shell and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    assert mlflow.get_tracking_uri() == shell
+    with tracking.tracked_run(second, "run-b") as tracked:
+        mlflow.log_metric("train_loss", 1.5)  # the fluent API, as transformers' MLflowCallback logs
+        tracked.log_record({"run_id": "run-b", "status": "success", "metrics": {"test": {"accuracy": 0.5}}})
+    assert os.environ["MLFLOW_TRACKING_URI"] == shell and mlflow.get_tracking_uri() == shell
+    a, b = (MlflowClient(f"sqlite:///{tmp_path / d / 'tracking' / 'mlflow.db'}") for d in "ab")
+    (trial_run,) = _experiment_runs(a, "cell-a")
+    assert trial_run.info.run_name == "trial-run" and trial_run.data.metrics["trial/accuracy"] == 0.75
+    assert a.search_runs([e.experiment_id for e in a.search_experiments()], "tags.`harness.run_id` = 'run-b'") == []
+    (run,) = _experiment_runs(b, "ft-harness")
+    assert run.info.run_name == "run-b" and run.info.status == "FINISHED"
+    assert run.data.metrics == {"train_loss": 1.5, "record/test/accuracy": 0.5}
+    assert run.data.tags["mlflow.user"]  # what mlflow.start_run adds to a run it creates
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_mlflow_server_is_warned_about_and_the_study_goes_on(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # mlflow's own retries: none, not minutes of them
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    launch = FakeLauncher()
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        (cell,), (summary,) = run_sweep(
+            tmp_path, launch, n_trials=2, overrides=["tracking=mlflow", f"tracking.tracking_uri='{uri}'"]
+        )
+    assert [t.state.name for t in load(cell).trials] == ["COMPLETE", "COMPLETE"] and len(launch.trials()) == 2
+    assert len(launch.finals()) == 2 and len(summary["finals"]) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tracking:")]
+    assert warning.startswith(f"tracking: mlflow cannot log the trials of {cell.study_name}: ")
+
+
+# A record's forgetting and retention blocks as harness.forgetting writes them (a causal LM's, an encoder's).
+FORGETTING = {"before_ce": 10.75, "after_ce": 10.5, "forgetting": -0.25, "forgetting_stderr": 0.01,
+              "scored_tokens": 255, "sequence_length": 256, "windows": 1, "text": "wikitext2", "seconds": 0.1}  # fmt: skip
+RETENTION = {"task": "sst2", "split": "test", "examples": 16, "metrics": {"accuracy": 0.625, "loss": 0.69},
+             "primary_metric": {"name": "accuracy", "value": 0.625}, "seconds": 0.2}  # fmt: skip
+
+
+def test_the_forgetting_and_retention_blocks_reach_the_tracker_as_record_scalars(tmp_path):
+    numbers, texts = tracking.headline({"run_id": "abc", "forgetting": FORGETTING, "retention": RETENTION})
+    assert {k: v for k, v in numbers.items() if k.startswith("forgetting/")} == {
+        f"forgetting/{k}": v for k, v in FORGETTING.items() if k != "text"
+    }
+    assert {k: v for k, v in numbers.items() if k.startswith("retention/")} == {
+        "retention/accuracy": 0.625,
+        "retention/loss": 0.69,
+    }
+    tracker, run = tracking.TensorBoard("tensorboard", str(tmp_path)), tracking.TrackedRun("abc", compose_config(TINY))
+    tracker.log_record(run, {"run_id": "abc", "forgetting": FORGETTING, "retention": RETENTION})
+    events = _events(tmp_path / "abc")
+    assert _scalars(events, "record/forgetting/forgetting") == [(0, -0.25)]
+    assert _scalars(events, "record/forgetting/before_ce") == [(0, 10.75)]
+    assert _scalars(events, "record/retention/accuracy") == [(0, 0.625)]
+
+
+@pytest.mark.slow  # about 30 s: the tiny Llama's GGUF file, and WikiText scored before and after
+@pytest.mark.skipif(not WIKITEXT.is_file(), reason=f"{WIKITEXT} absent (../shared/data)")
+def test_a_causal_lm_runs_forgetting_reaches_the_tracker(tmp_path):
+    from test_objectives import TINY_LM  # the tiny Llama, with the GENERAL_TEXT overrides (conftest)
+
+    cfg = compose_config([f"results_dir={tmp_path}", *TINY_LM, "task=arithmetic", "tracking=tensorboard"])
+    record = execute(prepare(cfg))
+    events = _events(tmp_path / "tracking" / "tensorboard" / record["run_id"])
+    steps = record["compute"]["steps"]
+    for key in ("before_ce", "after_ce", "forgetting", "forgetting_stderr", "scored_tokens"):
+        assert _scalars(events, f"record/forgetting/{key}") == [(steps, pytest.approx(record["forgetting"][key]))]
