@@ -22,6 +22,7 @@ from harness.config import ConfigError
 from harness.run import build_objective, execute, prepare
 
 TINY_LM = [
+    "forgetting=none",  # what is kept and loaded back is the subject here, not the retention score
     "model=tiny_llama",
     "budget=tiny",
     "budget.max_steps=2",
