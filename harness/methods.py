@@ -65,6 +65,22 @@ class BitFit:
         return model
 
 
+def method_context(cfg: DictConfig, objective: Any, quantized: bool) -> MethodContext:
+    """What the method needs to know about this run's model and objective (the head a scorer trains, where
+    bottleneck adapters go, PEFT's task type, the optimizer steps): one home, so that a kept run is rebuilt
+    (harness.export) exactly as it was trained."""
+    from omegaconf import OmegaConf
+
+    sites = cfg.model.get("adapter_sites")
+    return MethodContext(
+        head_modules=list(cfg.model.head_modules) if objective.head == "sequence_classification" else [],
+        peft_task_type=objective.peft_task_type,
+        adapter_sites=OmegaConf.to_container(sites) if sites is not None else {},
+        total_steps=objective.optimizer_steps(cfg.budget),
+        quantized=quantized,
+    )
+
+
 def build_method(method: DictConfig, context: MethodContext) -> Any:
     """The method's config object (a PEFT config or a harness method).
 
@@ -91,6 +107,17 @@ def is_peft_model(model: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def merges_into_base(method_object: Any) -> bool:
+    """Whether what the method trained can be folded into the base model's own weights, leaving a plain
+    transformers model: PEFT's tuners can (LoRA and its family, IA3, VeRA, LN tuning: ``merge_and_unload``),
+    its prompt-learning methods cannot (prefix, prompt, p-tuning add virtual tokens, not weights); full, head
+    and BitFit train the base's own tensors; a bottleneck adapter is a new nonlinear module (``merges_into_base``
+    on its config class)."""
+    if is_peft(method_object):
+        return not method_object.is_prompt_learning
+    return getattr(method_object, "merges_into_base", True)
 
 
 def check_method(method_object: Any, context: MethodContext) -> None:

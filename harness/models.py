@@ -270,3 +270,12 @@ def _load_pretrained(path: str, config, model: DictConfig, quantization: str | N
         **remote_code(model),
     )
     return keep_4bit_weights_trainable_on_cpu(loaded) if quantization else loaded
+
+
+def load_saved(model: DictConfig, folder: str, head: str):
+    """A whole model a run saved with ``save_pretrained`` (full fine-tuning; harness.export), read as the run's
+    model config says: its dtype, safetensors only, remote code as allowed. The folder's own config.json holds
+    the run's architecture (overrides, label count, padding token)."""
+    return _auto_class(head).from_pretrained(
+        folder, dtype=DTYPES[model.dtype], **weight_files(model, folder), **remote_code(model)
+    )

@@ -462,9 +462,14 @@ def is_done(results_dir: str | Path, rid: str) -> bool:
 
 
 def scan_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[RecordFile]]:
-    """Every usable record under results_dir/runs in file-name order, and the files skipped, with why."""
+    """Every usable record under results_dir/runs in file-name order, and the files skipped, with why.
+
+    A record is ``<run_id>.json``; a file beside it named ``<run_id>.<kind>.json`` (harness-eval's scores,
+    :func:`sidecar_path`) is not one.
+    """
     folder = runs_dir(results_dir)
-    files = [inspect_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    paths = sorted(p for p in folder.glob("*.json") if "." not in p.stem) if folder.is_dir() else []
+    files = [inspect_record(p) for p in paths]
     return [f.record for f in files if f.record is not None], [f for f in files if f.problem is not None]
 
 
@@ -476,3 +481,22 @@ def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
 
 def missing_fields(record: dict[str, Any]) -> list[str]:
     return [field for field in REQUIRED_FIELDS if field not in record]
+
+
+# --- files beside a record ----------------------------------------------------------------------------------
+
+LM_EVAL_SIDECAR = "lm_eval"  # harness-eval's benchmark scores of a run's kept model (harness.evaluation)
+
+
+def sidecar_path(results_dir: str | Path, rid: str, kind: str = LM_EVAL_SIDECAR) -> Path:
+    """``runs/<run_id>.<kind>.json``: what was measured on a run after it finished, kept beside its record and
+    written apart from it, so that the record, the unit of truth of the run itself, is never rewritten."""
+    return runs_dir(results_dir) / f"{rid}.{kind}.json"
+
+
+def scan_sidecars(results_dir: str | Path, kind: str = LM_EVAL_SIDECAR) -> tuple[dict[str, dict], list[RecordFile]]:
+    """The usable sidecars of ``kind`` by run_id, and the files skipped (truncated, not an object, no run_id)."""
+    folder = runs_dir(results_dir)
+    paths = sorted(folder.glob(f"*.{kind}.json")) if folder.is_dir() else []
+    found = [inspect_json(p, ("run_id", "tasks")) for p in paths]
+    return {f.record["run_id"]: f.record for f in found if f.record is not None}, [f for f in found if f.problem]

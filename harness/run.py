@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from datasets import DatasetDict
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness import budget as budget_stage
-from harness import data, distributed, forgetting, measure, methods, models, records, tracking
+from harness import data, distributed, export, forgetting, measure, methods, models, records, tracking
 from harness.config import ConfigError, check_target_modules, validate
 from harness.objectives.base import FittedRun, RunInputs
 
@@ -92,16 +92,7 @@ def prepare(cfg: DictConfig) -> PreparedRun:
     objective = build_objective(cfg)
     splits, data_sha256 = data.load_fingerprinted(cfg.task)
     num_labels = objective.num_labels(cfg)
-    scorer = objective.head == "sequence_classification"
-    context = methods.MethodContext(
-        head_modules=list(cfg.model.head_modules) if scorer else [],
-        peft_task_type=objective.peft_task_type,
-        adapter_sites=OmegaConf.to_container(cfg.model.adapter_sites)
-        if cfg.model.get("adapter_sites") is not None
-        else {},
-        total_steps=objective.optimizer_steps(cfg.budget),
-        quantized=models.quantization_of(cfg) is not None,
-    )
+    context = methods.method_context(cfg, objective, quantized=models.quantization_of(cfg) is not None)
     method_object = methods.build_method(cfg.method, context)
     methods.check_method(method_object, context)
     models.check_weights(cfg.model)
@@ -154,19 +145,6 @@ def _precision(requested: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def _save_trained(model, folder: Path) -> int:
-    """Save what the method trained (adapter + head for PEFT, else the trainable tensors) and return its size."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    if methods.is_peft_model(model):
-        model.save_pretrained(folder)
-    else:
-        trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trained, str(folder / "trained.safetensors"))
-    return measure.folder_bytes(folder)
-
-
 def error_kind(error: BaseException) -> str:
     """out_of_memory | non_finite_loss | exception: lets a report tell divergence and OOM from bugs."""
     if isinstance(error, budget_stage.NonFiniteLossError):
@@ -203,16 +181,23 @@ def _train_and_measure(prepared: PreparedRun, record: dict[str, Any], work_dir: 
 
 
 def _save(prepared: PreparedRun, fitted: FittedRun, work_dir: Path) -> records.SavedFiles:
-    """The trained tensors (kept under results/artifacts with keep_artifacts=true, else only measured) and the samples.
+    """What trained, in the libraries' formats (harness.export), and the samples.
 
-    Rank 0 alone saves: every rank holds the same trained weights, and only rank 0 writes under results_dir.
+    Kept under results/artifacts with keep_artifacts=true, with the tokenizer (and a random-init base) beside
+    it; else saved to a temporary folder only to be measured. ``trained_bytes`` counts the trained files
+    alone, so it is the same figure either way. Rank 0 alone saves: every rank
+    holds the same trained weights, and only rank 0 writes under results_dir.
     """
     cfg = prepared.cfg
     if not distributed.is_main_process():
         return records.SavedFiles(trained_bytes=None, artifact_dir=None, samples_file=None)
     artifact_dir = Path(cfg.results_dir) / "artifacts" / prepared.run_id if cfg.keep_artifacts else work_dir / "trained"
+    if cfg.keep_artifacts:
+        shutil.rmtree(artifact_dir, ignore_errors=True)  # a forced rerun's model replaces the one kept before
+        export.save_beside(cfg, prepared.objective, artifact_dir)
+    trained_bytes = export.save_trained(fitted.model, artifact_dir, cfg.model)
     return records.SavedFiles(
-        trained_bytes=_save_trained(fitted.model, artifact_dir),
+        trained_bytes=trained_bytes,
         artifact_dir=str(artifact_dir) if cfg.keep_artifacts else None,
         samples_file=records.write_samples(prepared.record_path, fitted.samples),
     )

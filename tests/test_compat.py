@@ -137,6 +137,46 @@ def test_is_4bit_parameter_recognises_4bit_weights_only():
     assert not compat.is_4bit_parameter(Int8Params(torch.zeros(8, 8, dtype=torch.int8), requires_grad=False))
 
 
+# -- PEFT 0.21: LN tuning's merge_and_unload leaves modules_to_save wrappers (a scorer's head) in the model -------
+
+
+def _ln_tuned_classifier():
+    """A tiny BERT scorer under LN tuning, its head's trained copy moved away from the original."""
+    from peft import LNTuningConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_bert_classifier(),
+        LNTuningConfig(task_type="SEQ_CLS", target_modules="(?i).*norm", modules_to_save=["classifier"]),
+    )
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "modules_to_save" in name:
+                parameter.add_(1.0)
+    return model.eval()
+
+
+def test_peft_ln_tuning_still_leaves_the_head_wrapped_after_merge_and_unload():
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    merged = _ln_tuned_classifier().merge_and_unload()
+    assert isinstance(merged.classifier, AuxiliaryTrainingWrapper), "LN tuning unloads its wrappers: drop the shim"
+
+
+def test_unload_leftover_wrappers_puts_the_trained_head_in_place(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = _ln_tuned_classifier()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+    merged = compat.unload_leftover_wrappers(model.merge_and_unload())
+    assert isinstance(merged.classifier, nn.Linear)
+    merged.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, adapted, atol=1e-6)
+
+
 # -- transformers 5 / PEFT 0.21: prefix tuning looks for ``past_key_values``, encoders take ``cache`` --------------
 
 

@@ -80,6 +80,11 @@ class PolicyAndValue(nn.Module):
     def forward(self, **kwargs):
         return self.policy(**kwargs)
 
+    def artifact_parts(self) -> dict[str, nn.Module]:
+        """How a kept run saves the pair (harness.export): the policy at the top, as any run's model, and the
+        value model in ``value/``, each in its own format."""
+        return {"": self.policy, "value": self.value}
+
 
 def positions(attention: torch.Tensor) -> torch.Tensor:
     """Position ids that skip left padding, as generation computes them."""

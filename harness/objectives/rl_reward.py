@@ -15,13 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness import methods, models, records
+from harness import export, records
 from harness.config import ConfigError
 from harness.data.answers import extract_answer
 from harness.objectives.generation import rewards
-
-# What a reward run keeps: a PEFT adapter (with its head), or the tensors a non-PEFT method trained.
-ADAPTER_FILE, TRAINED_FILE = "adapter_model.safetensors", "trained.safetensors"
 
 
 def check_reward_settings(settings: dict[str, Any], cfg) -> None:
@@ -54,45 +51,6 @@ def reward_run_record(cfg, run_id: str | None) -> dict[str, Any]:
     return record
 
 
-def _reward_method(reward_cfg):
-    """The reward run's method object and context, rebuilt from its record's config as the run built them."""
-    from omegaconf import OmegaConf
-
-    sites = reward_cfg.model.get("adapter_sites")
-    context = methods.MethodContext(
-        head_modules=list(reward_cfg.model.head_modules),
-        adapter_sites=OmegaConf.to_container(sites) if sites is not None else {},
-        peft_task_type="SEQ_CLS",
-        total_steps=reward_cfg.budget.get("max_steps"),
-    )
-    return methods.build_method(reward_cfg.method, context), context
-
-
-def _checkpoint_keys(folder: Path) -> tuple[Path, set[str]]:
-    from safetensors import safe_open
-
-    path = folder / (ADAPTER_FILE if (folder / ADAPTER_FILE).exists() else TRAINED_FILE)
-    if not path.is_file():
-        raise ConfigError("objective.reward_run", f"{folder} holds neither {ADAPTER_FILE} nor {TRAINED_FILE}")
-    try:
-        with safe_open(str(path), framework="pt") as checkpoint:
-            return path, set(checkpoint.keys())
-    except Exception as error:  # noqa: BLE001 - a torn or foreign file, reported as one line
-        raise ConfigError("objective.reward_run", f"cannot read {path}: {str(error).splitlines()[0]}") from None
-
-
-def _expected_keys(reward_cfg, peft_file: bool) -> set[str]:
-    """The tensor names the reward run saved, from its architecture on the meta device (no weights)."""
-    skeleton = models.skeleton(reward_cfg.model, 1, "sequence_classification")
-    method, context = _reward_method(reward_cfg)
-    model = methods.apply_method(skeleton, method, context)
-    if peft_file:
-        from peft import get_peft_model_state_dict
-
-        return set(get_peft_model_state_dict(model))
-    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-
-
 def _check_keys(expected: set[str], found: set[str], where: Path) -> None:
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
@@ -104,10 +62,16 @@ def _check_keys(expected: set[str], found: set[str], where: Path) -> None:
 
 
 def _check_checkpoint(record: dict[str, Any]) -> None:
+    """The kept file's tensor names (from its header) against those the record's architecture and method
+    save, in whichever of harness.export's formats it is (PEFT adapter, full model, trained tensors)."""
     from omegaconf import OmegaConf
 
-    path, found = _checkpoint_keys(Path(record["artifact_dir"]))
-    _check_keys(_expected_keys(OmegaConf.create(record["config"]), path.name == ADAPTER_FILE), found, path)
+    folder = Path(record["artifact_dir"])
+    try:
+        path, found = export.saved_keys(folder)
+    except export.ArtifactError as error:
+        raise ConfigError("objective.reward_run", str(error)) from None
+    _check_keys(export.expected_keys(OmegaConf.create(record["config"]), export.artifact_kind(folder)), found, path)
 
 
 def verifiable_scores(task, completions: list[str], answers: list[Any]) -> list[float]:
@@ -129,27 +93,12 @@ def load_reward_model(cfg, run_id: str):
     Its checkpoint's tensor names were checked against the architecture before
     anything loaded (``reward_run_record``): a file holding other tensors, or
     missing some, never loads. A tensor of the right name but another shape
-    (another rank) fails in PyTorch's own load, which checks shapes.
+    (another rank) fails in PyTorch's own load, which checks shapes. It is
+    loaded by harness.export, the base unquantized.
     """
-    from omegaconf import OmegaConf
-
     record = reward_run_record(cfg, run_id)
-    folder = Path(record["artifact_dir"])
-    reward_cfg = OmegaConf.create(record["config"])
-    model = models.load_classifier(reward_cfg.model, 1, None, reward_cfg.seed)
-    if (folder / ADAPTER_FILE).exists():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(folder)).eval().requires_grad_(False), record
-    from safetensors.torch import load_file
-
-    method, context = _reward_method(reward_cfg)
-    model = methods.apply_method(model, method, context)
-    state = load_file(str(folder / TRAINED_FILE))
-    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    _check_keys(trained, set(state), folder / TRAINED_FILE)  # the file holds exactly what trained
-    model.load_state_dict(state, strict=False)  # the frozen base is not in the file, by design
-    return model.eval().requires_grad_(False), record
+    model, _ = export.load_run(record, quantized=False)
+    return model.requires_grad_(False), record
 
 
 def model_reward(reward_model, tokenizer, batch_size: int):

@@ -1,7 +1,7 @@
 """``harness-report RESULTS_DIR``: every table and figure of a results folder, from its records alone.
 
-The report is a pure function of ``runs/*.json`` (and the tuned cells'
-``studies/*.json``): running it twice gives the same files, and nothing in
+The report is a pure function of ``runs/*.json`` (the tuned cells'
+``studies/*.json``, and harness-eval's ``runs/*.lm_eval.json`` beside the records): running it twice gives the same files, and nothing in
 it is typed by hand. A file it cannot use (truncated, of a newer schema, ...)
 is named in a warning and listed in the report, never fatal; temporary files
 that dead writers left behind are removed before reading. Every string from
@@ -65,9 +65,10 @@ def build_report(
 ) -> tuple[list[Path], list[render.DisplayTable]]:
     """Writes the report's files; returns them and the main tables (printed by the command)."""
     records, skipped = _load(results_dir)
-    frame = table.records_frame(records)
+    lm_eval, bad_scores = run_records.scan_sidecars(results_dir)  # harness-eval's benchmark scores
+    frame = table.records_frame(records, lm_eval)
     studies, bad_studies = summary.scan_study_summaries(results_dir)
-    skipped = _warn_about_skipped([*skipped, *bad_studies], results_dir)
+    skipped = _warn_about_skipped([*skipped, *bad_scores, *bad_studies], results_dir)
     chosen = summary.quality_rows(frame, studies)
     methods = sorted(set(frame["method"]))
     if reference != "full" and reference not in methods:

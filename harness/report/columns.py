@@ -241,14 +241,70 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def keys() -> list[str]:
+# --- benchmark scores of the kept models (harness-eval's sidecars; table.lm_eval_fields) -----------------------
+
+LM_EVAL_AFTER = "tuning_seeds"  # where they stand: after the quality statistics, before the costs
+METRIC_NAMES = {"exact_match": "EM", "acc": "Acc", "acc_norm": "Acc (norm)", "f1": "F1"}
+
+
+def lm_eval_keys(frame: pd.DataFrame) -> list[str]:
+    """The benchmark scores (``lm_eval|<task>|<metric>|<filter>``) some row of ``frame`` holds, sorted."""
+    return sorted(k for k in frame.columns if k.startswith("lm_eval|") and len(k.split("|")) == 4)
+
+
+def _direction(frame: pd.DataFrame, key: str) -> Literal["higher", "lower"] | None:
+    """The metric's direction as lm-eval registers it; None (no bold) where runs disagree or it is unknown."""
+    found = set(frame[f"{key}|higher"].dropna()) if f"{key}|higher" in frame else set()
+    return {True: "higher", False: "lower"}.get(next(iter(found))) if len(found) == 1 else None
+
+
+def lm_eval_columns(frame: pd.DataFrame) -> list[Column]:
+    """One main-table column per benchmark score, mean ± sample std over the seeds evaluated (like the quality
+    column), with the std, the direction and the examples scored beside it in summary.csv."""
+    built = []
+    for key in lm_eval_keys(frame):
+        _, task, metric, filter_name = key.split("|")
+        header = f"{task} {METRIC_NAMES.get(metric, metric)} [{filter_name}] (lm-eval)"
+        built += [
+            C(
+                key,
+                key,
+                mean,
+                header,
+                mean_std,
+                reads=(key, f"{key}|std"),
+                decimals=QUALITY_DECIMALS,
+                better=_direction(frame, key),
+                when=_counted(key),
+            ),
+            C(f"{key}|std", key, _std),
+            C(f"{key}|higher", f"{key}|higher", _one_or_mixed),
+            C(f"{key}|n", f"{key}|n", _one_or_mixed),
+        ]
+    return built
+
+
+def _std(values: pd.Series) -> float:
+    return values.std()
+
+
+def registry(frame: pd.DataFrame | None = None) -> tuple[Column, ...]:
+    """Every column for this frame (records, or cells): COLUMNS, and a column per benchmark score it holds."""
+    extra = lm_eval_columns(frame) if frame is not None else []
+    if not extra:
+        return COLUMNS
+    at = next(i for i, column in enumerate(COLUMNS) if column.key == LM_EVAL_AFTER) + 1
+    return (*COLUMNS[:at], *extra, *COLUMNS[at:])
+
+
+def keys(frame: pd.DataFrame | None = None) -> list[str]:
     """summary.csv's columns, in order."""
-    return [column.key for column in COLUMNS]
+    return [column.key for column in registry(frame)]
 
 
 def shown(rows: pd.DataFrame) -> list[Column]:
     """The main table's columns for these rows, in order."""
-    visible = [c for c in COLUMNS if c.header and (c.when is None or c.when(rows))]
+    visible = [c for c in registry(rows) if c.header and (c.when is None or c.when(rows))]
     order = [c for c in visible if not c.beside]
     for column in (c for c in visible if c.beside):
         order.insert(next(i for i, c in enumerate(order) if c.key == column.beside) + 1, column)

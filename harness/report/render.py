@@ -120,6 +120,7 @@ def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, kind: str) -
         + ", within the budget.",
     ]
     notes += _retention_notes(rows)
+    notes += _lm_eval_notes(rows)
     if has_reference:
         notes.append(
             f"Δ: mean paired difference to {reference} over matching seeds "
@@ -131,6 +132,18 @@ def _notes(rows: pd.DataFrame, reference: str, has_reference: bool, kind: str) -
     notes += _tuning_notes(rows)
     notes += [f"{row.label}: left out {row.left_out}." for row in rows.itertuples() if row.left_out]
     return notes
+
+
+def _lm_eval_notes(rows: pd.DataFrame) -> list[str]:
+    """What the (lm-eval) columns are, and on how many examples each was scored."""
+    keys = [key for key in registry.lm_eval_keys(rows) if rows[key].notna().any()]
+    if not keys:
+        return []
+    counts = sorted({f"{key.split('|')[1]} {value}" for key in keys for value in rows[f"{key}|n"].dropna()})
+    return [
+        "(lm-eval): lm-evaluation-harness scores of each seed's kept model (harness-eval), after the filter named "
+        f"in brackets, mean ± sample std over the seeds evaluated; examples scored: {', '.join(counts)}."
+    ]
 
 
 def _retention_notes(rows: pd.DataFrame) -> list[str]:

@@ -89,7 +89,7 @@ def summarize(chosen: pd.DataFrame, reference: str, frame: pd.DataFrame | None =
     """One row per cell: mean, std, n and 95% CI over seeds, costs, paired test against the reference.
 
     ``frame`` (every record) supplies the seeds the tuned cells' trials ran on, for the report's note. The columns
-    are columns.COLUMNS, in its order, plus ``budget_rank`` (the sort order of budgets, not written).
+    are columns.registry's (COLUMNS and the benchmark scores present), in its order, plus ``budget_rank`` (the sort order of budgets, not written).
     """
     trial_seeds = _trial_seeds(frame)
     rows = [_cell_row(cell, group, trial_seeds) for cell, group in chosen.groupby(CELL, dropna=False, sort=False)]
@@ -103,7 +103,7 @@ def summarize(chosen: pd.DataFrame, reference: str, frame: pd.DataFrame | None =
     summary = summary.sort_values(
         [*DISPLAY, "budget_rank", "method_params", "label"], ascending=[True] * len(DISPLAY) + [True, False, True]
     )
-    return summary[[*columns.keys(), "budget_rank"]]
+    return summary[[*columns.keys(chosen), "budget_rank"]]
 
 
 def _trial_seeds(frame: pd.DataFrame | None) -> dict[str, list[int]]:
@@ -121,7 +121,7 @@ def _cell_row(cell: tuple, group: pd.DataFrame, trial_seeds: dict[str, list[int]
     return _comparable_forgetting(
         {
             **dict(zip(CELL, cell, strict=True)),
-            **{column.key: column.seeds(group[column.source]) for column in columns.COLUMNS if column.seeds},
+            **{column.key: column.seeds(group[column.source]) for column in columns.registry(group) if column.seeds},
             "mean": seeds.mean,
             "std": seeds.std,
             "n": seeds.n,

@@ -50,9 +50,11 @@ QUICK_COLUMNS = [
 ]
 
 
-def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record, with the cell key and a readable label for the method's cell."""
-    frame = pd.DataFrame([_row(r) for r in records])
+def records_frame(records: list[dict[str, Any]], lm_eval: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per record, with the cell key and a readable label for the method's cell; with ``lm_eval`` (the
+    sidecars of harness-eval by run_id), each benchmark score of the run's kept model too (:func:`lm_eval_fields`)."""
+    lm_eval = lm_eval or {}
+    frame = pd.DataFrame([{**_row(r), **lm_eval_fields(lm_eval.get(r.get("run_id")))} for r in records])
     if frame.empty:
         return frame
     frame["label"] = _variant_labels(frame, records)
@@ -124,6 +126,26 @@ def _scored_text(forgetting: dict[str, Any]) -> str | None:
     if not forgetting.get("text_sha256"):
         return None
     return f"{forgetting['text_sha256'][:12]}:{forgetting.get('tokens')}x{forgetting.get('sequence_length')}"
+
+
+LM_EVAL = "lm_eval"  # the fields of a benchmark score: lm_eval|<task>|<metric>|<filter>, and |higher, |n beside it
+
+
+def lm_eval_key(task: str, metric: str, filter_name: str) -> str:
+    return "|".join((LM_EVAL, task, metric, filter_name))
+
+
+def lm_eval_fields(sidecar: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's benchmark scores from its harness-eval sidecar: per task, metric and filter the value, the metric's
+    direction and how many examples were scored (``n``); none without a sidecar."""
+    fields: dict[str, Any] = {}
+    for task, entry in ((sidecar or {}).get("tasks") or {}).items():
+        for score in entry.get("scores") or []:
+            key = lm_eval_key(task, score["metric"], score["filter"])
+            fields[key] = score.get("value")
+            fields[f"{key}|higher"] = score.get("higher_is_better")
+            fields[f"{key}|n"] = entry.get("n_samples")
+    return fields
 
 
 def _scaled(value: float | None, unit: float) -> float | None:
