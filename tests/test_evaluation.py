@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA, compose_config
+from test_export import TINY_LM as KEPT_TINY_LM
 
 from harness import evaluation, records
 from harness.report import cli as report_cli
@@ -21,23 +22,7 @@ from harness.run import execute, prepare
 
 GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
 needs_gsm8k = pytest.mark.skipif(not GSM8K.is_file(), reason=f"{GSM8K} absent")
-TINY_SFT = [
-    "forgetting=none",
-    "model=tiny_llama",
-    "task=arithmetic",
-    "method=lora",
-    "budget=tiny",
-    "budget.max_steps=2",
-    "budget.eval_steps=2",
-    "budget.batch_size=4",
-    "task.max_seq_length=128",
-    "budget.max_eval_samples=2",
-    "task.max_new_tokens=2",
-    "task.generator.n_train=8",
-    "task.generator.n_validation=2",
-    "task.generator.n_test=2",
-    "keep_artifacts=true",
-]
+TINY_SFT = [*KEPT_TINY_LM, "task=arithmetic", "method=lora"]  # a kept LoRA run of the tiny Llama
 QUESTIONS = 10
 # Zero-shot: the slice needs the test file alone (the task's default is lm-eval's five examples from train).
 SLICE = ["--tasks", "harness_gsm8k", "--limit", str(QUESTIONS), "--data-root", str(SHARED_DATA), "--num-fewshot", "0"]

@@ -28,7 +28,7 @@ TINY_SFT = [
     "task.generator.n_train=64",
     "task.generator.n_validation=2",
     "task.generator.n_test=2",
-    "forgetting.tokens=1024",
+    "forgetting.tokens=512",
 ]
 
 
@@ -207,9 +207,9 @@ def test_sft_and_dpo_runs_record_forgetting_and_a_high_learning_rate_forgets_mor
     prompt = run("method=prompt", "method.lr=1e-5", "budget.max_steps=1", "budget.eval_steps=1")
     assert prompt["before_ce"] == gentle["before_ce"] and prompt["after_ce"] != prompt["before_ce"]
     for block in (gentle, hard, dpo):
-        assert block["scored_tokens"] == 1024 - 4  # four windows of 256, each first token unscored
+        assert block["scored_tokens"] == 512 - 2  # two windows of 256, each first token unscored
         assert block["forgetting"] == pytest.approx(block["after_ce"] - block["before_ce"], abs=1e-9)
-        assert block["text"] == "wikitext2" and block["windows"] == 4
+        assert block["text"] == "wikitext2" and block["windows"] == 2
     assert gentle["before_ce"] == hard["before_ce"] == dpo["before_ce"]  # one starting model, one text
     assert abs(gentle["forgetting"]) < 0.01 and hard["forgetting"] > 1.0
     assert hard["forgetting"] > 3 * hard["forgetting_stderr"] > 0

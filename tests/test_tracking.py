@@ -194,6 +194,7 @@ def test_mlflow_runs_are_named_by_the_run_id_and_hold_config_curve_metrics_and_r
     assert diverged.data.metrics["record/params/trainable"] == failed["params"]["trainable"]
 
 
+@pytest.mark.slow  # 25 s; the trial logger's scoping and failure paths are tested in-process in the default run
 def test_a_study_is_one_mlflow_experiment_with_one_run_per_trial_and_final(tmp_path):
     done = run_cli(
         tmp_path, "hydra/sweeper=study", "task=toy_sentiment", "hydra.sweeper.n_trials=2", "seed=0", "tracking=mlflow"
