@@ -91,7 +91,7 @@ def run(overrides: list[str], results_dir: Path) -> tuple[dict, float]:
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    records = sorted((results_dir / "runs").glob("*.json")) if (results_dir / "runs").is_dir() else []
+    records = sorted((results_dir / "runs").glob("????????????????.json")) if (results_dir / "runs").is_dir() else []
     if not records:
         raise SystemExit(f"harness-run wrote no record (exit {done.returncode}):\n{done.stderr[-3000:]}")
     record = json.loads(records[0].read_text())

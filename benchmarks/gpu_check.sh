@@ -39,7 +39,7 @@ run model=smollm2_135m method=lora task=arithmetic_1step_pref objective=dpo budg
 "$bin/python" - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
-rows = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1], "runs").glob("*.json"))]
+rows = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1], "runs").glob("????????????????.json"))]
 print(f"{'model':14s} {'objective':9s} {'method':6s} {'status':8s} {'prec':5s} {'train peak MiB':>14s} "
       f"{'tokens/s':>9s} {'MFU %':>6s}  peak")
 for r in sorted(rows, key=lambda r: r.get("finished_at") or ""):

@@ -49,7 +49,9 @@ def run_under_time(method: str, steps: int, results_dir: Path) -> tuple[dict, in
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    (record_file,) = [p for p in (results_dir / "runs").glob("*.json") if json.loads(p.read_text())["method"] == method]
+    (record_file,) = [
+        p for p in (results_dir / "runs").glob("????????????????.json") if json.loads(p.read_text())["method"] == method
+    ]
     return json.loads(record_file.read_text()), int(MAX_RSS.search(done.stderr).group(1)) * 1024
 
 

@@ -147,7 +147,7 @@ def harness_process(method: str, steps: int, results: Path) -> dict:
         "force=true",
     ]
     wall, _ = timed([str(HARNESS_RUN), *overrides])
-    newest = max((results / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    newest = max((results / "runs").glob("????????????????.json"), key=lambda p: p.stat().st_mtime)
     return {"wall": wall, "train": json.loads(newest.read_text())["compute"]["seconds"]}
 
 

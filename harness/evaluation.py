@@ -146,7 +146,10 @@ def _kept(results_dir: Path, record: dict[str, Any]) -> tuple[dict[str, Any], Pa
 
 def _generates(record: dict[str, Any]) -> bool:
     """Whether the run's model is a causal LM (its objective's head), from its config: no weights read."""
-    return export.objective_of(OmegaConf.create(record["config"])).head == "causal_lm"
+    try:
+        return export.objective_of(OmegaConf.create(record["config"])).head == "causal_lm"
+    except Exception:  # a record whose config no longer builds: not one this version can evaluate
+        return False
 
 
 # --- evaluating ---------------------------------------------------------------------------------------------
@@ -181,6 +184,8 @@ def task_entries(results: dict[str, Any], limit: int | None, batch_size: int) ->
     version, when = metadata.version("lm_eval"), datetime.now(timezone.utc).isoformat()
     entries = {}
     for task, measured in results["results"].items():
+        if task not in results["configs"]:
+            continue  # a group's aggregate (lm-eval lists it among the results): its member tasks are kept
         config = results["configs"][task]
         higher = results.get("higher_is_better", {}).get(task, {})
         scores = []
@@ -252,11 +257,15 @@ def _first(value: Any) -> Any:
     return value
 
 
-def write_scores(results_dir: Path, run_id: str, entries: dict[str, dict[str, Any]]) -> Path:
-    """Merge ``entries`` into the run's sidecar (other tasks' scores kept) and write it atomically."""
+def write_scores(results_dir: Path, record: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Path:
+    """Merge ``entries`` into the run's sidecar (other tasks' scores kept) and write it atomically. Each entry
+    names the training it scored (the record's ``finished_at``): a forced rerun's record differs, and the
+    report leaves out scores of a model the rerun replaced."""
+    run_id = record["run_id"]
     path = records.sidecar_path(results_dir, run_id)
     found = records.inspect_json(path, ("run_id", "tasks")).record or {"run_id": run_id, "tasks": {}}
-    sidecar = {"run_id": run_id, "tasks": {**found["tasks"], **entries}}
+    stamped = {task: {**entry, "record_finished_at": record.get("finished_at")} for task, entry in entries.items()}
+    sidecar = {"run_id": run_id, "tasks": {**found["tasks"], **stamped}}
     records.write_record(path, sidecar)
     return path
 
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: run {run_id}: {type(error).__name__}: {str(error).splitlines()[0]}", file=sys.stderr)
             failed += 1
             continue
-        path = write_scores(args.results_dir, run_id, entries)
+        path = write_scores(args.results_dir, record, entries)
         for entry in entries.values():
             for s in entry["scores"]:
                 stderr = f" ± {s['stderr']:.4f}" if s["stderr"] is not None else ""

@@ -257,7 +257,12 @@ def check_exportable(record: dict[str, Any], folder: Path, merge: bool) -> None:
     """Refuse, before any weights load, what has no standard format (bottleneck adapters) and ``--merge`` of a
     method that trained no weights of the base (prefix, prompt and p-tuning)."""
     cfg = OmegaConf.create(record["config"])
-    method = rebuild_method(cfg, objective_of(cfg))
+    try:
+        method = rebuild_method(cfg, objective_of(cfg))
+    except Exception as error:  # a record from another version of the configs: one line, not a traceback
+        raise ArtifactError(
+            f"run {record['run_id']}: its config no longer builds ({type(error).__name__}: {error})"
+        ) from None
     rid, name = record["run_id"], record["method"]
     if artifact_kind(folder) == "trained" and not methods.merges_into_base(method):
         raise ArtifactError(
@@ -272,6 +277,13 @@ def check_exportable(record: dict[str, Any], folder: Path, merge: bool) -> None:
 
 
 # --- harness-export ------------------------------------------------------------------------------------------
+
+
+def check_out(out: Path) -> None:
+    """An export goes to a new or empty folder: written into another, a merged model could sit beside a stale
+    adapter_config.json, which transformers would load as an adapter instead."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"--out: {out} exists and is not an empty folder; name a new one")
 
 
 def export_run(record: dict[str, Any], folder: Path, out: Path, merge: bool) -> Path:
@@ -308,14 +320,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    suffix = "-merged" if args.merge else ""
+    out = args.out if args.out is not None else args.results_dir / "exports" / f"{args.run_id}{suffix}"
     try:
         record, folder = kept_run(args.results_dir, args.run_id)
         check_exportable(record, folder, args.merge)
+        check_out(out)
     except ArtifactError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    suffix = "-merged" if args.merge else ""
-    out = args.out if args.out is not None else args.results_dir / "exports" / f"{args.run_id}{suffix}"
     export_run(record, folder, out, args.merge)
     print(f"wrote {out}")
     return 0

@@ -230,6 +230,8 @@ def execute(prepared: PreparedRun, callbacks: list[Any] | None = None) -> dict[s
 def _execute(prepared: PreparedRun, callbacks: list[Any] | None) -> dict[str, Any]:
     callbacks = list(callbacks or [])
     record = records.started_record(prepared.cfg, prepared.run_id, prepared.identity)
+    if distributed.is_main_process():  # benchmark scores of the model this training replaces are not its own
+        records.sidecar_path(prepared.cfg.results_dir, prepared.run_id).unlink(missing_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix=f"harness-{prepared.run_id}-"))
     try:
         _train_and_measure(prepared, record, work_dir, callbacks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -123,13 +124,40 @@ def test_the_scoring_path_gives_the_score_of_what_the_model_answered(kept):
         written = sample["generation"].split("#### ")[-1]
         assert sample["filtered"] == {"strict-match": written, "flexible-extract": written}
         assert sample["exact_match"]["strict-match"] == float(sample["doc_id"] % 2 == 0)
-    evaluation.write_scores(results, record["run_id"], entries)
+    evaluation.write_scores(results, record, entries)
     assert report_cli.main([str(results), "--formats", "md"]) == 0
+    assert _report_cell(results) == "0.500"
+
+    # A group's aggregate among lm-eval's results (no config, no sample counts of its own) is not a task entry.
+    results_with_group = evaluation.score(RuleAnswerer(), specs, manager, QUESTIONS, 0)
+    results_with_group["results"]["a_group"] = {"alias": "a_group", "exact_match,strict-match": 0.5}
+    assert list(evaluation.task_entries(results_with_group, QUESTIONS, 1)) == ["harness_gsm8k"]
+
+    # A forced rerun of the run is another training: the scores of the model it replaced are not its own.
+    rerun = {**record, "finished_at": "2099-01-01T00:00:00+00:00"}
+    records.write_record(records.record_path(results, record["run_id"]), rerun)
+    try:
+        assert report_cli.main([str(results), "--formats", "md"]) == 0
+        assert COLUMN not in (results / "report" / "report.md").read_text()
+    finally:
+        records.write_record(records.record_path(results, record["run_id"]), record)
+
+
+def _report_cell(results: Path, label: str = "lora") -> str:
     summary = (results / "report" / "report.md").read_text()
-    row = next(line for line in summary.splitlines() if line.startswith("| lora |"))
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {label} |"))
     header = next(line for line in summary.splitlines() if COLUMN in line)
-    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
-    assert cells[f" {COLUMN} "].strip() == "0.500"
+    return dict(zip(header.split("|"), row.split("|"), strict=True))[f" {COLUMN} "].strip()
+
+
+def test_scores_under_other_settings_are_never_averaged_and_fewer_evaluated_seeds_are_said():
+    from harness.report import columns, summary
+
+    key = "lm_eval|harness_gsm8k|exact_match|strict-match"
+    row = {key: 0.4, f"{key}|std": 0.1, f"{key}|setting": "mixed", "forgetting_text": None}
+    assert math.isnan(summary._comparable_forgetting(row)[key])
+    assert columns.mean_std_of_evaluated(0.25, float("nan"), 1, 3, 3) == "0.250 (1 of 3 seeds)"
+    assert columns.mean_std_of_evaluated(0.25, 0.05, 3, 3, 3) == "0.250 ± 0.050"
 
 
 @pytest.mark.parametrize(

@@ -271,8 +271,8 @@ def lm_eval_columns(frame: pd.DataFrame) -> list[Column]:
                 key,
                 mean,
                 header,
-                mean_std,
-                reads=(key, f"{key}|std"),
+                mean_std_of_evaluated,
+                reads=(key, f"{key}|std", f"{key}|seeds", "n"),
                 decimals=QUALITY_DECIMALS,
                 better=_direction(frame, key),
                 when=_counted(key),
@@ -280,12 +280,25 @@ def lm_eval_columns(frame: pd.DataFrame) -> list[Column]:
             C(f"{key}|std", key, _std),
             C(f"{key}|higher", f"{key}|higher", _one_or_mixed),
             C(f"{key}|n", f"{key}|n", _one_or_mixed),
+            C(f"{key}|setting", f"{key}|setting", _one_or_mixed),
+            C(f"{key}|seeds", key, _evaluated),
         ]
     return built
 
 
 def _std(values: pd.Series) -> float:
     return values.std()
+
+
+def _evaluated(values: pd.Series) -> int:
+    """How many of a cell's seeds have the score (harness-eval may have scored some of them)."""
+    return int(values.notna().sum())
+
+
+def mean_std_of_evaluated(mean: float, std: float, evaluated: int, seeds: int, decimals: int) -> str:
+    """mean ± std, saying so when fewer seeds were evaluated than the cell's quality counts."""
+    text = mean_std(mean, std, decimals)
+    return f"{text} ({evaluated} of {seeds} seeds)" if finite(mean) and finite(seeds) and evaluated < seeds else text
 
 
 def registry(frame: pd.DataFrame | None = None) -> tuple[Column, ...]:

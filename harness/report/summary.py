@@ -144,6 +144,9 @@ def _comparable_forgetting(row: dict[str, Any]) -> dict[str, Any]:
     """A cell whose seeds scored different texts (or cuts of one) has no forgetting figure: their mean is none."""
     if row.get("forgetting_text") == "mixed":
         row.update(dict.fromkeys(FORGETTING_FIGURES, math.nan))
+    for key in [k for k in row if k.endswith("|setting") and row[k] == "mixed"]:
+        benchmark = key.removesuffix("|setting")  # a benchmark score whose seeds were scored under other settings
+        row[benchmark] = row[f"{benchmark}|std"] = math.nan
     return row
 
 

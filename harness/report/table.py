@@ -54,7 +54,7 @@ def records_frame(records: list[dict[str, Any]], lm_eval: dict[str, dict[str, An
     """One row per record, with the cell key and a readable label for the method's cell; with ``lm_eval`` (the
     sidecars of harness-eval by run_id), each benchmark score of the run's kept model too (:func:`lm_eval_fields`)."""
     lm_eval = lm_eval or {}
-    frame = pd.DataFrame([{**_row(r), **lm_eval_fields(lm_eval.get(r.get("run_id")))} for r in records])
+    frame = pd.DataFrame([{**_row(r), **lm_eval_fields(lm_eval.get(r.get("run_id")), r)} for r in records])
     if frame.empty:
         return frame
     frame["label"] = _variant_labels(frame, records)
@@ -135,17 +135,32 @@ def lm_eval_key(task: str, metric: str, filter_name: str) -> str:
     return "|".join((LM_EVAL, task, metric, filter_name))
 
 
-def lm_eval_fields(sidecar: dict[str, Any] | None) -> dict[str, Any]:
+def lm_eval_fields(sidecar: dict[str, Any] | None, record: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run's benchmark scores from its harness-eval sidecar: per task, metric and filter the value, the metric's
-    direction and how many examples were scored (``n``); none without a sidecar."""
+    direction, how many examples were scored (``n``) and the settings they were scored under (``setting``: seeds
+    scored under different ones are not averaged). An entry scored on another training of the same run_id (one a
+    forced rerun replaced) is not this record's and is left out."""
     fields: dict[str, Any] = {}
     for task, entry in ((sidecar or {}).get("tasks") or {}).items():
+        if record is not None and entry.get("record_finished_at") != record.get("finished_at"):
+            continue
         for score in entry.get("scores") or []:
             key = lm_eval_key(task, score["metric"], score["filter"])
             fields[key] = score.get("value")
             fields[f"{key}|higher"] = score.get("higher_is_better")
             fields[f"{key}|n"] = entry.get("n_samples")
+            fields[f"{key}|setting"] = _scored_under(entry)
     return fields
+
+
+def _scored_under(entry: dict[str, Any]) -> str:
+    """What makes two benchmark scores comparable: examples scored, shots, the data, lm-eval's and the task's versions."""
+    data = entry.get("data") or {}
+    source = json.dumps(data.get("data_sha256") or data.get("dataset_path"), sort_keys=True)
+    return (
+        f"n={entry.get('n_samples')} shots={entry.get('num_fewshot')} data={source} "
+        f"lm-eval {entry.get('lm_eval_version')} task v{entry.get('task_version')}"
+    )
 
 
 def _scaled(value: float | None, unit: float) -> float | None:
