@@ -54,6 +54,14 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {problem}")
 
 
+def did_you_mean(value: str, options: Iterable[str]) -> str:
+    """ " (did you mean 'x'?)" for the closest of ``options``, or nothing: the hint of every unknown-name line."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def root_cause_line(error: BaseException) -> str:
     """The first line of the innermost cause: the parser's or driver's message, not a wrapper's (``datasets``
     wraps a pandas error in a generic one, SQLAlchemy a driver's in ``.orig``)."""

@@ -5,12 +5,12 @@ not the better method; PEFT's method comparison reports forgetting beside
 accuracy for that reason. Every causal-LM run scores a fixed sample of general
 text (``conf/forgetting/``: WikiText-2 by default) before training and after,
 as the per-token cross-entropy of the model's own tokenisation, and records
-both and their difference. "Before" is the starting model: for PEFT methods
-the same wrapped model with its adapter disabled (prompt and prefix tuning
-change the output from the first step), for the others the model before its
-first step (full fine-tuning, BitFit, and bottleneck adapters, whose up
-projection starts at zero). Both passes run outside the budget's clock and the
-memory meter's windows, so they change no other figure of the record.
+both and their difference. "Before" is the starting model as it loaded,
+before the method wraps it (what a method does at wrapping time, such as
+prompt tuning's virtual tokens, counts as change). The text is read and cut
+into windows before any weights load, and tuning trials score none. Both
+passes run outside the budget's clock and the memory meter's windows, so they
+change no other figure of the record.
 
 The per-token figure is the mean over every predicted token of the sample,
 not a mean of per-window means (the last window is shorter), with padding
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, root_cause_line
+from harness.config import ConfigError, did_you_mean, root_cause_line
 from harness.paths import project_path
 
 if TYPE_CHECKING:  # the command line checks the spec (validate_retention) without importing torch
@@ -75,12 +75,11 @@ class GeneralText:
         return spec
 
     def check(self) -> None:
-        for key in ("tokens", "sequence_length", "batch_size"):
+        # A window needs a token of context and one to score; a batch needs one window.
+        for key, least in (("tokens", 2), ("sequence_length", 2), ("batch_size", 1)):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (2 if key != "batch_size" else 1):
-                raise ConfigError(
-                    f"forgetting.{key}", f"must be an integer >= {2 if key != 'batch_size' else 1} (got {value!r})"
-                )
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"forgetting.{key}", f"must be an integer >= {least} (got {value!r})")
         if (self.local or {}).get("unescape") not in UNESCAPES:
             raise ConfigError("forgetting.local.unescape", f"allowed: {', '.join(str(k) for k in UNESCAPES)}")
         if self.local_file is None and not (self.hub or {}).get("path"):
@@ -383,11 +382,9 @@ def check_retention_name(cfg: DictConfig) -> None:
         return
     names = task_names()
     if name not in names:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError("retention_task", f"no task {name!r}{hint}; allowed: null, {', '.join(names)}")
+        raise ConfigError(
+            "retention_task", f"no task {name!r}{did_you_mean(name, names)}; allowed: null, {', '.join(names)}"
+        )
 
 
 def _second_task(cfg: DictConfig, head: str, task_type: str) -> SecondTask:
@@ -446,7 +443,8 @@ class SecondTaskProbe:
 
         from harness import budget, data, models
         from harness.measure import Stopwatch
-        from harness.objectives.cls import by_length
+        from harness.objectives.base import prefixed_scores
+        from harness.objectives.cls import by_length, compute_metrics_for
 
         task, cap = self.second.task, self.cfg.budget.get("max_eval_samples")
         tokenizer = models.load_tokenizer(self.cfg.model)
@@ -457,8 +455,6 @@ class SecondTaskProbe:
             {"train": self.second.test_sha256},
         )
         rows = by_length(data.cap_eval(tokenized["train"], cap))
-        from harness.objectives.cls import compute_metrics_for
-
         trainer.memory_meter = None  # the run's memory windows are closed: this pass is none of theirs
         trained_task_metrics, trainer.compute_metrics = trainer.compute_metrics, compute_metrics_for(task)
         try:
@@ -466,11 +462,7 @@ class SecondTaskProbe:
                 scores = trainer.evaluate(rows, metric_key_prefix="retention")  # scored by the second task's metrics
         finally:
             trainer.compute_metrics = trained_task_metrics
-        metrics = {
-            k.removeprefix("retention_"): v
-            for k, v in scores.items()
-            if not k.endswith(("runtime", "per_second", "epoch"))
-        }
+        metrics = prefixed_scores(scores, "retention")
         primary = task.primary_metric
         return {
             "task": task.name,

@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.config import ConfigError, resolve_run_config, validate_values
+from harness.config import ConfigError, did_you_mean, resolve_run_config, validate_values
 
 # Flags after which Hydra prints or composes something else than a run; those are left to Hydra.
 HYDRA_OWN_FLAGS = (
@@ -129,11 +129,6 @@ def _group_options(group: str) -> list[str]:
     return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
-def _did_you_mean(value: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _compose(job: list[str], overrides: list[str]) -> DictConfig:
     """One job's config with its hydra node; Hydra's composition errors as one line naming the key."""
     from hydra import compose
@@ -156,7 +151,7 @@ def _composition_error(error: Exception, job: list[str]) -> ConfigError:
     if missing:  # method=nope: one line with the options and the closest one, instead of Hydra's listing
         group, _, value = missing.group(1).rpartition("/")
         options = _group_options(group)
-        return ConfigError(group, f"no option {value!r}{_did_you_mean(value, options)}; allowed: {', '.join(options)}")
+        return ConfigError(group, f"no option {value!r}{did_you_mean(value, options)}; allowed: {', '.join(options)}")
     ambiguous = re.search(r"Ambiguous value for argument '([^=']+)=", message)
     if ambiguous:
         return ConfigError(ambiguous.group(1), "sweeps several values; add -m to run each, or quote the value")

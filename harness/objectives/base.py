@@ -289,7 +289,9 @@ class Objective(ABC):
             model=trainer.model,
             sizes=sizes,
             held_weights_bytes=measure.tensor_bytes(trainer.model, *frozen),
-            metrics={split: _scores(evaluated.get(prefix, {}), prefix) for prefix, split in HELD_OUT_SPLITS.items()},
+            metrics={
+                split: prefixed_scores(evaluated.get(prefix, {}), prefix) for prefix, split in HELD_OUT_SPLITS.items()
+            },
             memory=distributed.combine_memory(distributed.gather(meter.as_record())),
             final_eval_seconds=eval_clock.seconds,
             spent=_spending(budget, trainer, self.spending(inputs, trainer), inputs),
@@ -426,7 +428,7 @@ def model_sizes(wrapped: WrappedModels) -> ModelSizes:
     )
 
 
-def _scores(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+def prefixed_scores(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """A Trainer's evaluation metrics without their prefix and without the evaluation's own timings."""
     start = f"{prefix}_"
     return {k[len(start) :]: v for k, v in metrics.items() if k.startswith(start) and not k.endswith(TIMING_METRICS)}
