@@ -249,23 +249,18 @@ def mlflow_scope(tracking_uri: str):
     they are read and put back here. It can go once mlflow sets a tracking URI for a block of code (or the
     callback takes a client); it breaks if mlflow renames ``_tracking_uri`` or ``_active_experiment_id``.
     """
-    import os
-
     import mlflow
     from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils
 
-    variables = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    uri, experiment = utils._tracking_uri, fluent._active_experiment_id
-    mlflow.set_tracking_uri(tracking_uri)
-    fluent._active_experiment_id = None
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(uri)  # None: the variable and the default again (mlflow resets its tracer too)
-        fluent._active_experiment_id = experiment
-        for name, value in variables.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    from harness.tracking import restored_environment
+
+    with restored_environment(("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")):
+        uri, experiment = utils._tracking_uri, fluent._active_experiment_id
+        mlflow.set_tracking_uri(tracking_uri)
+        fluent._active_experiment_id = None
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(uri)  # None: the variable and the default again (mlflow resets its tracer too)
+            fluent._active_experiment_id = experiment

@@ -42,7 +42,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,9 +262,17 @@ def trainer_arguments() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in os.environ for the block, then each variable as it was (unset where it was unset)."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
+    """``values`` in os.environ for the block, then each variable as it was."""
+    with restored_environment(values):
+        os.environ.update(values)
+        yield
+
+
+@contextlib.contextmanager
+def restored_environment(names: Iterable[str]) -> Iterator[None]:
+    """Each variable of ``names`` as it was before the block (unset where it was unset), whatever the block or
+    a library it called set: trackers read their settings from the environment, and some write them there."""
+    before = {key: os.environ.get(key) for key in names}
     try:
         yield
     finally:
