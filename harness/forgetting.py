@@ -441,16 +441,15 @@ class SecondTaskProbe:
     def after(self, model: nn.Module, trainer: Any) -> dict[str, Any]:
         from datasets import DatasetDict
 
-        from harness import budget, data, models
+        from harness import budget, data
         from harness.measure import Stopwatch
         from harness.objectives.base import prefixed_scores
         from harness.objectives.cls import by_length, compute_metrics_for
 
         task, cap = self.second.task, self.cfg.budget.get("max_eval_samples")
-        tokenizer = models.load_tokenizer(self.cfg.model)
         tokenized = data.tokenize(
             DatasetDict({"train": self.second.test_rows}),  # tokenize reads the columns off a "train" split
-            tokenizer,
+            trainer.processing_class,  # the run's own tokenizer, as its trainer holds it
             budget.sequence_length(self.cfg),
             {"train": self.second.test_sha256},
         )
